@@ -1,0 +1,3 @@
+"""Central LLM audit sidecar: a streaming-transparent proxy in front of vLLM that audits every call."""
+
+__version__ = "0.1.0"
