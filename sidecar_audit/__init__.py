@@ -1,3 +1,3 @@
-"""Central LLM audit sidecar: a streaming-transparent proxy in front of vLLM that audits every call."""
+"""Central LLM audit sidecar: a transparent proxy in front of vLLM that audits every call."""
 
 __version__ = "0.1.0"

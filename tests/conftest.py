@@ -10,6 +10,8 @@ import pytest
 
 from tests.procs import Proc, free_port, python_module, wait_http
 
+pytest_plugins = ["tests.sidecar_fixture", "tests.standin_fixture"]
+
 AWS_TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

@@ -7,6 +7,7 @@ picking a free port, waiting until the server answers, and stopping it for sure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -86,10 +87,8 @@ class Proc:
     def kill(self) -> None:
         """SIGKILL the process and its whole session (children included)."""
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.popen.wait(timeout=10)
 
 

@@ -1,0 +1,228 @@
+"""The sidecar's aiohttp application and its lifecycle.
+
+Start order (`cleanup_ctx`, torn down in reverse): the upstream client session,
+the audit trail (spool recovery, then the shipper), the proxy, the metrics
+listener, the CloudWatch EMF reporter. On SIGTERM aiohttp stops accepting
+connections and lets in-flight requests finish for `SHUTDOWN_GRACE_S`; then the
+audit trail ships what the spool holds for up to `SHUTDOWN_SHIP_S` and the
+process exits 0. Whatever is not shipped stays on disk for the next process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from .audit_trail import AuditTrail
+from .config import Config
+from .health import HealthLimits, UpstreamProbe, verdict
+from .identity import discover_identity
+from .metrics import Metrics
+from .proxy import Finished, Proxy
+
+log = logging.getLogger("sidecar_audit")
+
+CONFIG = web.AppKey("config", Config)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+TRAIL = web.AppKey("trail", AuditTrail)
+METRICS = web.AppKey("metrics", Metrics)
+PROXY = web.AppKey("proxy", Proxy)
+PROBE = web.AppKey("probe", UpstreamProbe)
+EXIT_CODE = web.AppKey("exit_code", list[int])
+
+
+def build_app(config: Config) -> web.Application:
+    app = web.Application(client_max_size=config.max_request_body_bytes)
+    app[CONFIG] = config
+    app[EXIT_CODE] = [0]
+    app[METRICS] = Metrics(lambda: app[TRAIL].snapshot())
+    app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_audit_trail)
+    app.cleanup_ctx.append(_proxy)
+    app.cleanup_ctx.append(_metrics_listener)
+    app.cleanup_ctx.append(_emf_reporter)
+    app.router.add_get("/health", _health)
+    app.router.add_route("*", "/{tail:.*}", _forward)
+    return app
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    connector = aiohttp.TCPConnector(
+        limit=config.upstream_max_connections,
+        keepalive_timeout=config.upstream_keepalive,
+    )
+    async with aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # bytes pass through as vLLM sent them
+        cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookies to another
+        timeout=aiohttp.ClientTimeout(total=None),
+    ) as session:
+        app[SESSION] = session
+        app[PROBE] = UpstreamProbe(
+            session, config.upstream_url, config.health_cache, asyncio.get_running_loop().time
+        )
+        yield
+
+
+async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    trail = await AuditTrail.open(config, on_put=app[METRICS].observe_put, on_fatal=_fatal(app))
+    app[TRAIL] = trail
+    try:
+        yield
+    finally:
+        await trail.close(config.shutdown_ship)
+
+
+def _fatal(app: web.Application):  # type: ignore[no-untyped-def]
+    def stop(reason: str) -> None:
+        log.critical(
+            "audit spool failed; stopping so the next process recovers from disk",
+            extra={"reason": reason},
+        )
+        app[EXIT_CODE][0] = 1
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    return stop
+
+
+async def _proxy(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    identity = await discover_identity(app[SESSION])
+    trail, metrics = app[TRAIL], app[METRICS]
+
+    def finished(done: Finished) -> None:
+        trail.accept(done)
+        usage = done.record.get("usage") or {}
+        metrics.observe_exchange(
+            done.path,
+            done.status,
+            done.outcome,
+            done.latency_s,
+            done.ttft_s,
+            done.overhead_s,
+            usage.get("promptTokens"),
+            usage.get("completionTokens"),
+        )
+        log.info(
+            "request",
+            extra={
+                "requestId": done.record["requestId"],
+                "method": done.record["method"],
+                "path": done.path,
+                "status": done.status,
+                "outcome": done.outcome,
+                "latencyMs": done.record["latencyMs"],
+                "ttftMs": done.record["ttftMs"],
+                "source": done.record["source"],
+                "userId": done.record["userId"],
+            },
+        )
+
+    app[PROXY] = Proxy(config, app[SESSION], identity, trail.refusal, finished)
+    log.info(
+        "sidecar ready",
+        extra={
+            "listen": f"{config.listen_host}:{config.listen_port}",
+            "upstream": config.upstream_url,
+            "version": identity.version,
+        },
+    )
+    yield
+
+
+async def _forward(request: web.Request) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    metrics.in_flight.inc()
+    try:
+        return await request.app[PROXY].handle(request)
+    finally:
+        metrics.in_flight.dec()
+
+
+async def _health(request: web.Request) -> web.Response:
+    app = request.app
+    config = app[CONFIG]
+    upstream_ok, detail = await app[PROBE].status()
+    status, body = verdict(
+        upstream_ok,
+        detail,
+        app[TRAIL].health(),
+        HealthLimits(config.health_max_spool_bytes, config.health_max_ship_lag),
+    )
+    return web.json_response(body, status=status)
+
+
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if config.metrics_port == 0:
+        yield
+        return
+    metrics = app[METRICS]
+
+    async def scrape(_: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(metrics_app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, config.metrics_host, config.metrics_port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def _emf_reporter(app: web.Application) -> AsyncIterator[None]:
+    """Every EMF_INTERVAL_S, one CloudWatch Embedded Metric Format line for the alarms."""
+    config = app[CONFIG]
+    if config.emf_interval == 0:
+        yield
+        return
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(config.emf_interval)
+            log.info("audit metrics", extra=emf_fields(app[TRAIL], config.service_name))
+
+    task = asyncio.create_task(report())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+def emf_fields(trail: AuditTrail, service_name: str) -> dict[str, object]:
+    snapshot = trail.snapshot()
+    return {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": "CentralLLM/Audit",
+                    "Dimensions": [["ServiceName"]],
+                    "Metrics": [
+                        {"Name": "AuditOldestUnshippedAgeSeconds", "Unit": "Seconds"},
+                        {"Name": "AuditSpoolBytes", "Unit": "Bytes"},
+                        {"Name": "AuditRecordsDropped", "Unit": "Count"},
+                    ],
+                }
+            ],
+        },
+        "ServiceName": service_name,
+        "AuditOldestUnshippedAgeSeconds": round(snapshot.oldest_unshipped_age_s or 0.0, 3),
+        "AuditSpoolBytes": snapshot.spool_bytes,
+        "AuditRecordsDropped": snapshot.records_dropped,
+    }

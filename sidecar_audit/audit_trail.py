@@ -1,0 +1,187 @@
+"""The audit trail: finished exchanges in, records durably spooled, shipped to S3 in the background.
+
+It owns the spool, the S3 sink and the shipper for the app's lifetime, and
+applies the spool-full policy:
+
+- `reject` (default): while the spool cannot take a record (full, or failed),
+  `refusal()` makes the proxy answer new requests 503 before they reach vLLM,
+  so nothing unaudited is served. A request already in flight when the spool
+  filled up is counted as dropped.
+- `drop`: requests are served; each record the spool refuses is counted as
+  dropped and logged.
+
+Either way the condition is loud: a log line when it starts and ends, the
+`llm_audit_records_dropped` / `llm_audit_requests_refused` metrics, and
+`/health` detail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from . import errors
+from .config import Config
+from .health import AuditHealth
+from .metrics import AuditSnapshot
+from .proxy import Finished
+from .record import encode_record
+from .s3_sink import S3ObjectSink
+from .shipper import Shipper
+from .spool import Spool, SpoolError, SpoolFull
+
+log = logging.getLogger(__name__)
+
+# Records per spool segment when each record becomes its own S3 object.
+PER_REQUEST_SEGMENT_RECORDS = 1000
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        sink: S3ObjectSink,
+        shipper: Shipper,
+        on_fatal: Callable[[str], None],
+    ) -> None:
+        self._config = config
+        self._spool = spool
+        self._sink = sink
+        self._shipper = shipper
+        self._on_fatal = on_fatal
+        self._dropped = 0
+        self._refused = 0
+        self._full_since: float | None = None
+        self._fatal_reported = False
+
+    @classmethod
+    async def open(
+        cls,
+        config: Config,
+        on_put: Callable[[float, bool], None],
+        on_fatal: Callable[[str], None],
+    ) -> AuditTrail:
+        per_request = config.batch_max_records == 1
+        spool = Spool(
+            config.spool_dir,
+            # Batch size 1 changes the S3 layout, not the spool: a segment per record
+            # would cost a file and three fsyncs per request.
+            segment_max_records=(
+                PER_REQUEST_SEGMENT_RECORDS if per_request else config.batch_max_records
+            ),
+            segment_max_bytes=config.batch_max_bytes,
+            segment_max_age_s=config.flush_interval,
+            fsync_interval_s=config.fsync_interval_ms / 1000.0,
+            max_bytes=config.spool_max_bytes,
+        )
+        report = await spool.open()
+        log.info(
+            "audit spool recovered",
+            extra={"spoolDir": str(config.spool_dir), **report.as_log_fields()},
+        )
+        sink = S3ObjectSink(config.audit_bucket, config.aws_region)
+        await sink.__aenter__()
+        shipper = Shipper(
+            spool,
+            sink,
+            prefix=config.audit_prefix,
+            per_request_objects=per_request,
+            max_concurrent_uploads=config.max_concurrent_uploads,
+            on_put=on_put,
+        )
+        shipper.start()
+        return cls(config, spool, sink, shipper, on_fatal)
+
+    def refusal(self) -> errors.ProxyError | None:
+        """Under the reject policy, the error to answer with while the spool cannot take records."""
+        if self._config.spool_full_policy != "reject":
+            return None
+        reason = self._spool_unavailable()
+        if reason is None:
+            return None
+        self._refused += 1
+        return errors.audit_unavailable(reason)
+
+    def _spool_unavailable(self) -> str | None:
+        if self._spool.failed is not None:
+            return "audit spool failed"
+        if self._spool.is_full():
+            return "audit spool full"
+        return None
+
+    def accept(self, done: Finished) -> None:
+        """Append the exchange's record to the spool; never raises."""
+        try:
+            self._spool.append(encode_record(done.record), done.started_at)
+        except SpoolFull:
+            self._drop(done, "spool full")
+            return
+        except SpoolError as exc:
+            self._drop(done, f"spool error: {exc}")
+            if self._spool.failed is not None and not self._fatal_reported:
+                self._fatal_reported = True
+                self._on_fatal(self._spool.failed)
+            return
+        if self._full_since is not None:
+            log.warning(
+                "audit spool accepts records again",
+                extra={
+                    "fullForSeconds": round(time.monotonic() - self._full_since, 3),
+                    "recordsDropped": self._dropped,
+                },
+            )
+            self._full_since = None
+
+    def _drop(self, done: Finished, reason: str) -> None:
+        self._dropped += 1
+        if self._full_since is None:
+            self._full_since = time.monotonic()
+            log.error(
+                "audit record dropped: the spool cannot take records",
+                extra={
+                    "reason": reason,
+                    "policy": self._config.spool_full_policy,
+                    "requestId": done.record["requestId"],
+                },
+            )
+        else:
+            log.error(
+                "audit record dropped",
+                extra={"reason": reason, "requestId": done.record["requestId"]},
+            )
+
+    def health(self) -> AuditHealth:
+        stats = self._spool.stats()
+        return AuditHealth(
+            failed=self._spool.failed,
+            full=self._spool.is_full(),
+            spool_bytes=stats.bytes_on_disk,
+            oldest_unshipped_age_s=stats.oldest_unshipped_age_s,
+            records_dropped=self._dropped,
+        )
+
+    def snapshot(self) -> AuditSnapshot:
+        spool, shipped = self._spool.stats(), self._shipper.stats()
+        return AuditSnapshot(
+            records_spooled=spool.records_appended,
+            records_shipped=shipped.records_shipped,
+            records_dropped=self._dropped,
+            requests_refused=self._refused,
+            objects_put=shipped.objects_put,
+            put_errors=shipped.put_errors,
+            spool_bytes=spool.bytes_on_disk,
+            spool_segments=spool.segments,
+            oldest_unshipped_age_s=spool.oldest_unshipped_age_s,
+            quarantined_bytes=spool.quarantined_bytes,
+            spool_failed=self._spool.failed is not None,
+        )
+
+    async def close(self, ship_budget_s: float) -> None:
+        """Seal and ship what the spool holds within the budget; the rest stays on disk."""
+        try:
+            await self._shipper.drain(time.monotonic() + ship_budget_s)
+        finally:
+            await self._spool.close()
+            await self._sink.__aexit__(None, None, None)

@@ -1,0 +1,399 @@
+"""The sidecar's settings: read once from the environment, validated, immutable.
+
+Every variable has a default that suits the ECS task; a bad value stops the
+process at start with a message naming the variable (`ConfigError`). The table
+in the README is generated from `SETTINGS` by `describe_settings()` so the docs
+cannot drift from the code (a test compares them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+DEFAULT_ALLOWED_PATHS = "/v1/*,/tokenize,/detokenize,/version"
+DEFAULT_REDACTED_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+)
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a whole number greater than 0")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port (0-65535)")
+    return value
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError("must be a base URL without a path or query")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _path_patterns(raw: str) -> tuple[str, ...]:
+    patterns = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if not patterns:
+        raise ValueError("must list at least one path")
+    for pattern in patterns:
+        if not pattern.startswith("/") or "*" in pattern[:-1]:
+            raise ValueError(f"{pattern!r}: a path starts with / and may only end in *")
+    return patterns
+
+
+def _header_names(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip().lower() for n in raw.split(",") if n.strip())
+    for name in names:
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9a-z-]+", name):
+            raise ValueError(f"{name!r} is not a header name")
+    return names
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _log_level(raw: str) -> str:
+    return _choice("debug", "info", "warning", "error")(raw).upper()
+
+
+def _bucket(raw: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", raw):
+        raise ValueError("is not a valid S3 bucket name")
+    return raw
+
+
+def _prefix(raw: str) -> str:
+    value = raw.strip("/")
+    if not value or not re.fullmatch(r"[A-Za-z0-9!_.*'()/-]+", value):
+        raise ValueError("must be a non-empty S3 key prefix of safe characters")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    attr: str
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("LISTEN_HOST", "listen_host", "0.0.0.0", str, "Address the proxy listens on."),
+    Setting("LISTEN_PORT", "listen_port", "8000", _port, "Port of the proxy (the public port)."),
+    Setting(
+        "UPSTREAM_URL",
+        "upstream_url",
+        "http://127.0.0.1:8001",
+        _http_url,
+        "Base URL of vLLM's OpenAI server.",
+    ),
+    Setting(
+        "UPSTREAM_CONNECT_TIMEOUT_S",
+        "upstream_connect_timeout",
+        "10",
+        _positive_float,
+        "Seconds to open a connection to vLLM (exceeded: 504 `upstream_timeout`).",
+    ),
+    Setting(
+        "UPSTREAM_READ_TIMEOUT_S",
+        "upstream_read_timeout",
+        "600",
+        _positive_float,
+        "Seconds vLLM may stay silent (before the first byte or between chunks). "
+        "There is no total timeout: a long generation is never cut.",
+    ),
+    Setting(
+        "UPSTREAM_KEEPALIVE_S",
+        "upstream_keepalive",
+        "4",
+        _positive_float,
+        "Seconds an idle pooled upstream connection is kept; below vLLM's own 5 s "
+        "so the sidecar never reuses a connection vLLM is closing.",
+    ),
+    Setting(
+        "UPSTREAM_MAX_CONNECTIONS",
+        "upstream_max_connections",
+        "2048",
+        _positive_int,
+        "Upper bound of concurrent connections to vLLM.",
+    ),
+    Setting(
+        "ALLOWED_PATHS",
+        "allowed_paths",
+        DEFAULT_ALLOWED_PATHS,
+        _path_patterns,
+        "Comma-separated paths forwarded to vLLM; a trailing `*` matches a prefix. "
+        "Anything else gets 404.",
+    ),
+    Setting(
+        "REQUIRE_AUDIT_HEADERS",
+        "require_audit_headers",
+        "true",
+        _bool,
+        "Reject (400) requests without `x-llm-source`, `x-llm-user`, "
+        "`x-llm-request-type`. Turn off only for local use.",
+    ),
+    Setting(
+        "MAX_REQUEST_BODY_BYTES",
+        "max_request_body_bytes",
+        "33554432",
+        _positive_int,
+        "Larger request bodies get 413.",
+    ),
+    Setting(
+        "MAX_RECORDED_BODY_BYTES",
+        "max_recorded_body_bytes",
+        "1048576",
+        _positive_int,
+        "Bodies above this are truncated in the record (length and sha256 kept).",
+    ),
+    Setting(
+        "REDACT_HEADERS",
+        "extra_redacted_headers",
+        "",
+        _header_names,
+        "Extra header names to redact in records, comma-separated (always redacted: "
+        + ", ".join(DEFAULT_REDACTED_HEADERS)
+        + ").",
+    ),
+    Setting(
+        "HEALTH_CACHE_S",
+        "health_cache",
+        "2",
+        _non_negative_float,
+        "Seconds vLLM's /health answer is reused by the sidecar's /health.",
+    ),
+    Setting(
+        "AUDIT_BUCKET",
+        "audit_bucket",
+        "central-llm-audit",
+        _bucket,
+        "S3 bucket receiving audit objects.",
+    ),
+    Setting("AUDIT_PREFIX", "audit_prefix", "logs", _prefix, "Key prefix of audit objects."),
+    Setting("AWS_REGION", "aws_region", "eu-central-1", str, "Region of the bucket."),
+    Setting(
+        "AUDIT_BATCH_MAX_RECORDS",
+        "batch_max_records",
+        "1000",
+        _positive_int,
+        "Records per batch object; `1` writes one `<requestId>.json` object per request.",
+    ),
+    Setting(
+        "AUDIT_BATCH_MAX_BYTES",
+        "batch_max_bytes",
+        "8388608",
+        _positive_int,
+        "Uncompressed bytes per batch object.",
+    ),
+    Setting(
+        "AUDIT_FLUSH_INTERVAL_S",
+        "flush_interval",
+        "5",
+        _positive_float,
+        "A batch is shipped at the latest this many seconds after its first record.",
+    ),
+    Setting(
+        "AUDIT_SPOOL_DIR",
+        "spool_dir",
+        "audit-spool",
+        Path,
+        "Directory of the on-disk spool; on ECS a volume that survives the container.",
+    ),
+    Setting(
+        "AUDIT_SPOOL_MAX_BYTES",
+        "spool_max_bytes",
+        "1073741824",
+        _positive_int,
+        "Spool size at which the spool-full policy applies.",
+    ),
+    Setting(
+        "AUDIT_SPOOL_FULL_POLICY",
+        "spool_full_policy",
+        "reject",
+        _choice("reject", "drop"),
+        "`reject`: refuse new requests with 503 while the spool is full (nothing "
+        "unaudited is served); `drop`: serve and count the dropped records.",
+    ),
+    Setting(
+        "AUDIT_SPOOL_FSYNC_INTERVAL_MS",
+        "fsync_interval_ms",
+        "50",
+        _positive_float,
+        "Group-commit interval: records are fsynced at most this long after append.",
+    ),
+    Setting(
+        "AUDIT_MAX_CONCURRENT_UPLOADS",
+        "max_concurrent_uploads",
+        "4",
+        _positive_int,
+        "S3 uploads in flight at once.",
+    ),
+    Setting(
+        "SHUTDOWN_GRACE_S",
+        "shutdown_grace",
+        "90",
+        _non_negative_float,
+        "On SIGTERM, how long in-flight requests and streams may take to finish.",
+    ),
+    Setting(
+        "SHUTDOWN_SHIP_S",
+        "shutdown_ship",
+        "20",
+        _non_negative_float,
+        "On SIGTERM, after the grace period, how long to keep shipping the spool.",
+    ),
+    Setting("METRICS_HOST", "metrics_host", "0.0.0.0", str, "Address of the metrics listener."),
+    Setting(
+        "METRICS_PORT",
+        "metrics_port",
+        "9464",
+        _port,
+        "Prometheus metrics port (never the public port); 0 turns it off.",
+    ),
+    Setting(
+        "HEALTH_MAX_SPOOL_BYTES",
+        "health_max_spool_bytes",
+        "805306368",
+        _positive_int,
+        "`/health` fails when the spool holds more than this.",
+    ),
+    Setting(
+        "HEALTH_MAX_SHIP_LAG_S",
+        "health_max_ship_lag",
+        "300",
+        _positive_float,
+        "`/health` fails when the oldest unshipped record is older than this.",
+    ),
+    Setting(
+        "EMF_INTERVAL_S",
+        "emf_interval",
+        "60",
+        _non_negative_float,
+        "Seconds between CloudWatch Embedded Metric Format log lines; 0 turns them off.",
+    ),
+    Setting(
+        "SERVICE_NAME",
+        "service_name",
+        "central-llm-service",
+        str,
+        "The `ServiceName` dimension of the CloudWatch metrics.",
+    ),
+    Setting("LOG_LEVEL", "log_level", "info", _log_level, "debug, info, warning or error."),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str
+    listen_port: int
+    upstream_url: str
+    upstream_connect_timeout: float
+    upstream_read_timeout: float
+    upstream_keepalive: float
+    upstream_max_connections: int
+    allowed_paths: tuple[str, ...]
+    require_audit_headers: bool
+    max_request_body_bytes: int
+    max_recorded_body_bytes: int
+    extra_redacted_headers: tuple[str, ...]
+    health_cache: float
+    audit_bucket: str
+    audit_prefix: str
+    aws_region: str
+    batch_max_records: int
+    batch_max_bytes: int
+    flush_interval: float
+    spool_dir: Path
+    spool_max_bytes: int
+    spool_full_policy: str
+    fsync_interval_ms: float
+    max_concurrent_uploads: int
+    shutdown_grace: float
+    shutdown_ship: float
+    metrics_host: str
+    metrics_port: int
+    health_max_spool_bytes: int
+    health_max_ship_lag: float
+    emf_interval: float
+    service_name: str
+    log_level: str
+    redacted_headers: frozenset[str] = field(default=frozenset())
+
+    def __post_init__(self) -> None:
+        names = frozenset(DEFAULT_REDACTED_HEADERS) | frozenset(self.extra_redacted_headers)
+        object.__setattr__(self, "redacted_headers", names)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Config:
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = environ.get(setting.env, setting.default)
+            try:
+                values[setting.attr] = setting.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{setting.env}={raw!r}: {exc}") from None
+        return cls(**values)
+
+
+def describe_settings() -> str:
+    """The configuration table of the README, as Markdown."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "(empty)"
+        rows.append(f"| `{s.env}` | {default} | {s.doc} |")
+    return "\n".join(rows)

@@ -1,0 +1,378 @@
+"""The proxy path: one request in, forwarded to vLLM, its answer streamed back, one record out.
+
+Invariants:
+- Every upstream chunk is written to the client as it arrives (no buffering);
+  the only exception is the usage-only SSE event the sidecar itself asked for,
+  which is removed (see `sse.UsageChunkFilter`).
+- The capture sees each upstream chunk once, after it was written.
+- Exactly one audit record per request, built when the exchange ends, whether
+  it completed, was rejected, failed upstream or lost its client
+  (`Exchange.finish` runs in `finally`, synchronously, so even a cancelled
+  handler records).
+- No total timeout: connect and read-idle timeouts only.
+- A client that goes away closes the upstream connection, so vLLM aborts the
+  generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from . import errors
+from .capture import BodyCapture, StreamCapture
+from .config import Config
+from .headers import (
+    choose_request_id,
+    client_response_headers,
+    missing_audit_header,
+    recorded_headers,
+    upstream_request_headers,
+)
+from .record import (
+    BodyFacts,
+    Identity,
+    body_view,
+    build_record,
+    request_model,
+    usage_view,
+)
+from .routing import parse_json_object, path_allowed, with_usage_requested
+from .sse import UsageChunkFilter
+
+# Headers aiohttp's client would add on its own; the client's own (or none) go upstream instead.
+_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+_READ_SIZE = 64 * 1024
+
+
+@dataclass
+class Finished:
+    """What the proxy hands to the recorder when an exchange ends."""
+
+    record: dict[str, Any]
+    started_at: float
+    path: str
+    status: int
+    outcome: str
+    latency_s: float
+    ttft_s: float | None
+    overhead_s: float | None
+
+
+class Exchange:
+    """Facts about one request, collected while it runs; turned into the record once."""
+
+    def __init__(self, request: web.Request, clock: Callable[[], float]) -> None:
+        self.started_at = time.time()
+        self.started = clock()
+        self.clock = clock
+        self.request_id = choose_request_id(request.headers.get("x-request-id"))
+        self.method = request.method
+        self.path = request.path
+        self.query = request.query_string
+        self.headers = request.headers
+        self.raw_headers = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
+        ]
+        self.body = b""
+        self.body_json: dict[str, Any] | None = None
+        self.status = 0
+        self.outcome = errors.COMPLETED
+        self.error: dict[str, Any] | None = None
+        self.response_headers: list[tuple[str, str]] = []
+        self.capture: BodyCapture | StreamCapture | None = None
+        self.content_type: str | None = None
+        self.content_encoding: str | None = None
+        self.upstream_started: float | None = None
+
+    def fail(self, err: errors.ProxyError) -> None:
+        self.outcome = err.outcome
+        self.error = err.as_record_error()
+
+    def build(self, config: Config, identity: Identity) -> Finished:
+        ended = self.clock()
+        limit = config.max_recorded_body_bytes
+        redact = config.redacted_headers
+        request_view = body_view(
+            BodyFacts(
+                head=self.body[:limit],
+                size=len(self.body),
+                sha256=hashlib.sha256(self.body).hexdigest(),
+                content_type=self.headers.get("content-type"),
+                content_encoding=self.headers.get("content-encoding"),
+            ),
+            limit,
+        )
+        model = request_model(request_view["body"])
+        usage: Any = None
+        choices = events = stream_error = None
+        ttft: float | None = None
+        capture = self.capture
+        if isinstance(capture, StreamCapture):
+            response_view = capture.finish()
+            assembler = capture.assembler
+            choices, events = assembler.result(), assembler.events
+            stream_error, usage = assembler.error, assembler.usage
+            model = assembler.model or model
+            if capture.first_token_at is not None:
+                ttft = capture.first_token_at - self.started
+            if stream_error is not None and self.outcome == errors.COMPLETED:
+                self.outcome = errors.UPSTREAM_ERROR
+                self.error = {"type": "stream_error", "message": _error_message(stream_error)}
+        elif isinstance(capture, BodyCapture):
+            response_view = body_view(
+                capture.facts(self.content_type, self.content_encoding), limit
+            )
+            body = response_view["body"]
+            if isinstance(body, dict):
+                usage = body.get("usage")
+                model = body.get("model") if isinstance(body.get("model"), str) else model
+        else:
+            response_view = {"body": None, "bytes": 0, "sha256": None, "truncated": False}
+        if self.outcome == errors.COMPLETED and self.status >= 500:
+            self.outcome = errors.UPSTREAM_ERROR
+            self.error = {"type": "upstream_status", "message": _status_message(response_view)}
+        record = build_record(
+            request_id=self.request_id,
+            started_at=self.started_at,
+            method=self.method,
+            path=self.path,
+            query=self.query,
+            request_headers=recorded_headers(self.raw_headers, redact),
+            request_body=request_view,
+            status_code=self.status,
+            latency_ms=(ended - self.started) * 1000.0,
+            ttft_ms=None if ttft is None else ttft * 1000.0,
+            outcome=self.outcome,
+            error=self.error,
+            model=model,
+            stream=bool(self.body_json and self.body_json.get("stream") is True),
+            usage=usage_view(usage),
+            response_headers=recorded_headers(self.response_headers, redact),
+            response_body=response_view,
+            choices=choices,
+            events=events,
+            stream_error=stream_error,
+            identity=identity,
+        )
+        overhead = None if self.upstream_started is None else self.upstream_started - self.started
+        return Finished(
+            record=record,
+            started_at=self.started_at,
+            path=self.path,
+            status=self.status,
+            outcome=self.outcome,
+            latency_s=ended - self.started,
+            ttft_s=ttft,
+            overhead_s=overhead,
+        )
+
+
+def _error_message(error: Any) -> str:
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    return str(error)[:500]
+
+
+def _status_message(view: dict[str, Any]) -> str:
+    body = view.get("body")
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"][:500]
+    return "the model server answered with an error status"
+
+
+class Proxy:
+    """The aiohttp handler for every forwarded path."""
+
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        identity: Identity,
+        admit: Callable[[], errors.ProxyError | None],
+        on_finished: Callable[[Finished], None],
+    ) -> None:
+        self._config = config
+        self._session = session
+        self._identity = identity
+        self._admit = admit
+        self._on_finished = on_finished
+        self._upstream = URL(config.upstream_url)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=config.upstream_connect_timeout,
+            sock_read=config.upstream_read_timeout,
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        ex = Exchange(request, loop.time)
+        try:
+            return await self._exchange(request, ex)
+        except asyncio.CancelledError:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                ex.outcome = errors.CLIENT_DISCONNECTED
+                ex.error = {
+                    "type": "client_disconnected",
+                    "message": "the client closed the connection",
+                }
+            else:
+                ex.outcome = errors.UPSTREAM_ERROR
+                ex.error = {
+                    "type": "sidecar_shutdown",
+                    "message": "the sidecar stopped before the exchange ended",
+                }
+            raise
+        finally:
+            self._on_finished(ex.build(self._config, self._identity))
+
+    async def _exchange(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+        try:
+            self._check(request)
+            ex.body = await self._read_body(request)
+        except errors.ProxyError as err:
+            return self._reject(ex, err)
+        ex.body_json = parse_json_object(ex.body)
+        rewritten = with_usage_requested(ex.path, ex.body_json)
+        try:
+            upstream = await self._send(request, ex, rewritten or ex.body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._reject(ex, errors.from_upstream_exception(exc))
+        try:
+            return await self._relay(request, ex, upstream, strip_usage=rewritten is not None)
+        finally:
+            upstream.close()
+
+    def _check(self, request: web.Request) -> None:
+        if not path_allowed(request.raw_path, self._config.allowed_paths):
+            raise errors.not_found(request.path)
+        if self._config.require_audit_headers:
+            missing = missing_audit_header(request.headers)
+            if missing is not None:
+                raise errors.missing_audit_header(missing)
+        refusal = self._admit()
+        if refusal is not None:
+            raise refusal
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._config.max_request_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise errors.body_too_large(limit)
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await request.content.read(_READ_SIZE):
+            size += len(chunk)
+            if size > limit:
+                raise errors.body_too_large(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def _send(
+        self, request: web.Request, ex: Exchange, body: bytes
+    ) -> aiohttp.ClientResponse:
+        url = self._upstream.join(URL(request.raw_path, encoded=True))
+        headers = upstream_request_headers(ex.raw_headers, ex.request_id)
+        ex.upstream_started = ex.clock()
+        for attempt in (1, 2):
+            try:
+                response = await self._session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=body or None,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                    skip_auto_headers=_NO_AUTO_HEADERS,
+                )
+            except aiohttp.ServerDisconnectedError:
+                # A pooled connection closed by vLLM just as we reused it: the
+                # request never reached it, so one retry on a fresh connection is safe.
+                if attempt == 2:
+                    raise
+                continue
+            return response
+        raise AssertionError("unreachable")
+
+    def _reject(self, ex: Exchange, err: errors.ProxyError) -> web.Response:
+        ex.fail(err)
+        ex.status = err.status
+        body = err.body()
+        ex.capture = BodyCapture(self._config.max_recorded_body_bytes)
+        ex.capture.feed(body)
+        ex.content_type = "application/json"
+        response = web.Response(status=err.status, body=body, content_type="application/json")
+        response.headers["X-Request-Id"] = ex.request_id
+        ex.response_headers = list(response.headers.items())
+        return response
+
+    async def _relay(
+        self,
+        request: web.Request,
+        ex: Exchange,
+        upstream: aiohttp.ClientResponse,
+        *,
+        strip_usage: bool,
+    ) -> web.StreamResponse:
+        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
+        ex.response_headers = raw
+        ex.status = upstream.status
+        ex.content_type = upstream.headers.get("content-type")
+        ex.content_encoding = upstream.headers.get("content-encoding")
+        is_sse = (ex.content_type or "").lower().startswith("text/event-stream")
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in client_response_headers(raw, ex.request_id):
+            response.headers.add(name, value)
+        if not is_sse and upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        if is_sse:
+            capture: BodyCapture | StreamCapture = StreamCapture(
+                self._config.max_recorded_body_bytes, ex.clock
+            )
+        else:
+            capture = BodyCapture(self._config.max_recorded_body_bytes)
+        ex.capture = capture
+        usage_filter = UsageChunkFilter() if strip_usage and is_sse else None
+        feed = capture.feed
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                out = usage_filter.feed(chunk) if usage_filter is not None else chunk
+                if out:
+                    await response.write(out)
+                feed(chunk)
+            if usage_filter is not None:
+                tail = usage_filter.flush()
+                if tail:
+                    await response.write(tail)
+        except ConnectionResetError:
+            ex.outcome = errors.CLIENT_DISCONNECTED
+            ex.error = {
+                "type": "client_disconnected",
+                "message": "the client closed the connection",
+            }
+            return response
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            ex.fail(errors.from_upstream_exception(exc))
+            _abort_client(request, response)
+            return response
+        await response.write_eof()
+        return response
+
+
+def _abort_client(request: web.Request, response: web.StreamResponse) -> None:
+    """End the client's connection without a terminating chunk: the body is incomplete."""
+    response.force_close()
+    transport = request.transport
+    if transport is not None:
+        transport.close()

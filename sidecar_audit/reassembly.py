@@ -1,0 +1,192 @@
+"""Reassemble a streamed answer from vLLM's chunk payloads, per choice. Pure, incremental.
+
+`StreamAssembler.add(payload)` takes the `data` of one SSE event (bytes) and
+folds it in; `result()` gives plain data for the audit record:
+
+- chat chunks (`delta`): content, reasoning (`reasoning_content`, or `reasoning`
+  in newer vLLM releases), tool-call deltas merged by their `index` into
+  complete calls (id, type and name from the first delta that has them,
+  `arguments` concatenated), finish reason;
+- completion chunks (`text`): text and finish reason;
+- the last non-null `usage`, the `model`, and a mid-stream `{"error": ...}`.
+
+Text is kept up to `max_chars` per field and choice; beyond that the field is
+cut and `truncated` is set, so memory is bounded whatever the stream's length.
+Anything that is not valid JSON (or `[DONE]`) is counted and otherwise ignored:
+capture never fails an exchange.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+DONE = b"[DONE]"
+
+
+@dataclass
+class _Text:
+    """An append-only text with a size cap."""
+
+    parts: list[str] = field(default_factory=list)
+    size: int = 0
+    seen: bool = False
+
+    def add(self, piece: str, cap: int) -> bool:
+        """Append; returns True when something had to be cut."""
+        self.seen = True
+        room = cap - self.size
+        if room <= 0:
+            return bool(piece)
+        if len(piece) > room:
+            self.parts.append(piece[:room])
+            self.size = cap
+            return True
+        self.parts.append(piece)
+        self.size += len(piece)
+        return False
+
+    def value(self) -> str | None:
+        return "".join(self.parts) if self.seen else None
+
+
+@dataclass
+class _ToolCall:
+    index: int
+    id: str | None = None
+    type: str | None = None
+    name: str = ""
+    arguments: _Text = field(default_factory=_Text)
+
+
+@dataclass
+class _Choice:
+    index: int
+    content: _Text = field(default_factory=_Text)
+    reasoning: _Text = field(default_factory=_Text)
+    text: _Text = field(default_factory=_Text)
+    tool_calls: dict[int, _ToolCall] = field(default_factory=dict)
+    finish_reason: str | None = None
+    is_chat: bool = False
+
+
+class StreamAssembler:
+    """Folds SSE payloads into the per-choice answer; see the module docstring."""
+
+    def __init__(self, max_chars: int) -> None:
+        self._cap = max_chars
+        self._choices: dict[int, _Choice] = {}
+        self.events = 0
+        self.invalid_events = 0
+        self.done = False
+        self.usage: dict[str, Any] | None = None
+        self.model: str | None = None
+        self.error: Any = None
+        self.truncated = False
+        self.has_output = False
+
+    def add(self, payload: bytes) -> None:
+        self.events += 1
+        if payload == DONE:
+            self.done = True
+            return
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.invalid_events += 1
+            return
+        if not isinstance(chunk, dict):
+            self.invalid_events += 1
+            return
+        if "error" in chunk:
+            self.error = chunk["error"]
+        model = chunk.get("model")
+        if isinstance(model, str):
+            self.model = model
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict):
+                    self._add_choice(choice)
+
+    def _add_choice(self, raw: dict[str, Any]) -> None:
+        index = raw.get("index", 0)
+        if not isinstance(index, int):
+            index = 0
+        choice = self._choices.get(index)
+        if choice is None:
+            choice = self._choices[index] = _Choice(index)
+        if raw.get("finish_reason"):
+            choice.finish_reason = raw["finish_reason"]
+        cap = self._cap
+        delta = raw.get("delta")
+        if isinstance(delta, dict):
+            choice.is_chat = True
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                self.truncated |= choice.content.add(content, cap)
+                self.has_output = True
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                self.truncated |= choice.reasoning.add(reasoning, cap)
+                self.has_output = True
+            tool_calls = delta.get("tool_calls")
+            if isinstance(tool_calls, list):
+                for call in tool_calls:
+                    if isinstance(call, dict):
+                        self._add_tool_call(choice, call)
+        text = raw.get("text")
+        if isinstance(text, str):
+            if text:
+                self.has_output = True
+            self.truncated |= choice.text.add(text, cap)
+
+    def _add_tool_call(self, choice: _Choice, raw: dict[str, Any]) -> None:
+        index = raw.get("index", len(choice.tool_calls))
+        if not isinstance(index, int):
+            index = len(choice.tool_calls)
+        call = choice.tool_calls.get(index)
+        if call is None:
+            call = choice.tool_calls[index] = _ToolCall(index)
+        self.has_output = True
+        if raw.get("id"):
+            call.id = raw["id"]
+        if raw.get("type"):
+            call.type = raw["type"]
+        function = raw.get("function")
+        if isinstance(function, dict):
+            name = function.get("name")
+            if isinstance(name, str) and name and name != call.name:
+                call.name = name if not call.name else call.name + name
+            arguments = function.get("arguments")
+            if isinstance(arguments, str):
+                self.truncated |= call.arguments.add(arguments, self._cap)
+
+    def result(self) -> list[dict[str, Any]]:
+        """The answer per choice, ordered by index, as plain data for the record."""
+        out: list[dict[str, Any]] = []
+        for index in sorted(self._choices):
+            choice = self._choices[index]
+            item: dict[str, Any] = {"index": index}
+            if choice.is_chat:
+                item["content"] = choice.content.value()
+                item["reasoningContent"] = choice.reasoning.value()
+                item["toolCalls"] = [
+                    {
+                        "index": call.index,
+                        "id": call.id,
+                        "type": call.type or "function",
+                        "function": {"name": call.name, "arguments": call.arguments.value() or ""},
+                    }
+                    for call in (choice.tool_calls[i] for i in sorted(choice.tool_calls))
+                ]
+            else:
+                item["text"] = choice.text.value() or ""
+            item["finishReason"] = choice.finish_reason
+            out.append(item)
+        return out

@@ -1,0 +1,214 @@
+"""Build the audit record (schema v1, see RECORD.md) from plain facts. Pure functions only.
+
+Nothing here touches aiohttp or the network: the proxy collects facts while the
+exchange runs and calls `build_record` once when it ends, whatever the outcome.
+Every function is total: malformed bodies become text, never an exception.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class BodyFacts:
+    """What the sidecar kept of a body: its head (at most the record limit) and digest."""
+
+    head: bytes
+    size: int
+    sha256: str
+    content_type: str | None = None
+    content_encoding: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who wrote the record: the sidecar's version and where it runs."""
+
+    version: str
+    host: str
+    task_arn: str | None
+    pid: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "host": self.host,
+            "taskArn": self.task_arn,
+            "pid": self.pid,
+        }
+
+
+def iso_utc(epoch_seconds: float) -> str:
+    """UTC ISO-8601 with microseconds and `Z`, e.g. 2026-11-26T20:19:11.123456Z."""
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _inflate(data: bytes, encoding: str, limit: int) -> tuple[bytes, bool] | None:
+    """Undo gzip/deflate, keeping at most `limit` bytes; None if it cannot be undone."""
+    wbits = {"gzip": 31, "x-gzip": 31, "deflate": 15}.get(encoding.strip().lower())
+    if wbits is None:
+        return None
+    try:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error:
+        return None
+    if len(out) > limit or inflater.unconsumed_tail:
+        return out[:limit], True
+    return out, False
+
+
+def _parsed(data: bytes, content_type: str | None, truncated: bool) -> Any:
+    """JSON when the bytes are whole JSON, else text, None when empty."""
+    if not data:
+        return None
+    looks_json = (content_type is not None and "json" in content_type.lower()) or (
+        data.lstrip()[:1] in (b"{", b"[")
+    )
+    if looks_json and not truncated:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return data.decode("utf-8", "replace")
+
+
+def body_view(facts: BodyFacts, limit: int) -> dict[str, Any]:
+    """The record's view of a body: parsed JSON when it is JSON, else text; cut at `limit`.
+
+    A compressed body is inflated for the record (at most `limit` bytes); a
+    compressed body that was cut, or cannot be inflated, is recorded as null,
+    with its size and digest.
+    """
+    truncated = facts.size > limit
+    head = facts.head[:limit]
+    encoding = (facts.content_encoding or "identity").strip().lower()
+    if encoding != "identity":
+        inflated = None if truncated else _inflate(head, encoding, limit)
+        if inflated is None:
+            return {
+                "body": None,
+                "bytes": facts.size,
+                "sha256": facts.sha256,
+                "truncated": truncated,
+            }
+        head, truncated = inflated
+    return {
+        "body": _parsed(head, facts.content_type, truncated),
+        "bytes": facts.size,
+        "sha256": facts.sha256,
+        "truncated": truncated,
+    }
+
+
+def attribution(headers: Mapping[str, str]) -> dict[str, str]:
+    """source / userId / requestType / projectId from the x-llm-* headers (`unknown` if absent)."""
+
+    def get(name: str) -> str:
+        value = headers.get(name, "").strip()
+        return value or UNKNOWN
+
+    source = get("x-llm-source")
+    project = headers.get("x-llm-project", "").strip() or source
+    return {
+        "source": source,
+        "userId": get("x-llm-user"),
+        "requestType": get("x-llm-request-type"),
+        "projectId": project,
+    }
+
+
+def usage_view(usage: Any) -> dict[str, int | None] | None:
+    """OpenAI usage (snake_case) as the record's camelCase; None when absent."""
+    if not isinstance(usage, dict):
+        return None
+
+    def count(name: str) -> int | None:
+        value = usage.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    prompt, completion = count("prompt_tokens"), count("completion_tokens")
+    total = count("total_tokens")
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    if prompt is None and completion is None and total is None:
+        return None
+    return {"promptTokens": prompt, "completionTokens": completion, "totalTokens": total}
+
+
+def request_model(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        return body["model"]
+    return None
+
+
+def wants_stream(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("stream") is True
+
+
+def build_record(
+    *,
+    request_id: str,
+    started_at: float,
+    method: str,
+    path: str,
+    query: str,
+    request_headers: dict[str, str],
+    request_body: dict[str, Any],
+    status_code: int,
+    latency_ms: float,
+    ttft_ms: float | None,
+    outcome: str,
+    error: dict[str, Any] | None,
+    model: str | None,
+    stream: bool,
+    usage: dict[str, int | None] | None,
+    response_headers: dict[str, str],
+    response_body: dict[str, Any],
+    choices: list[dict[str, Any]] | None,
+    events: int | None,
+    stream_error: Any,
+    identity: Identity,
+) -> dict[str, Any]:
+    """The one audit record of an exchange (camelCase, schema v1)."""
+    return {
+        "schemaVersion": SCHEMA_VERSION,
+        "requestId": request_id,
+        "timestamp": iso_utc(started_at),
+        "method": method,
+        "path": path,
+        "query": query,
+        **attribution(request_headers),
+        "statusCode": status_code,
+        "latencyMs": round(latency_ms, 3),
+        "ttftMs": None if ttft_ms is None else round(ttft_ms, 3),
+        "outcome": outcome,
+        "error": error,
+        "model": model,
+        "stream": stream,
+        "usage": usage,
+        "request": {"headers": request_headers, **request_body},
+        "response": {
+            "headers": response_headers,
+            **response_body,
+            "choices": choices,
+            "events": events,
+            "streamError": stream_error,
+        },
+        "sidecar": identity.as_dict(),
+    }
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One line of UTF-8 JSON, no trailing newline."""
+    return orjson.dumps(record)

@@ -1,0 +1,197 @@
+"""Server-sent events: an incremental decoder and the usage-chunk filter, both pure.
+
+`SSEDecoder.feed(bytes) -> list[bytes]` returns the `data` payload of every event
+completed by the bytes fed so far, following the WHATWG event-stream rules that
+matter here: lines end in LF, CRLF or CR; a blank line dispatches the event;
+lines starting with `:` are comments (vLLM and gateways send `: keep-alive`);
+several `data:` lines of one event are joined with LF; an event without data is
+not dispatched. Its output does not depend on how the stream was split into
+chunks (tested by re-splitting fixtures at every byte offset).
+
+`UsageChunkFilter` turns the stream vLLM sent to a request the sidecar asked
+usage for back into the stream the client asked for (see its docstring).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+_USAGE_ONLY_MARKERS = (b'"choices":[]', b'"choices": []')
+_FINISH = b'"finish_reason":"'
+
+
+class SSEDecoder:
+    """Incremental event-stream decoder; see the module docstring for the rules."""
+
+    __slots__ = ("_buf", "_data", "_has_data", "_pending_cr")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+        self._has_data = False
+        self._pending_cr = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if self._pending_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the LF of a CRLF split across chunks
+        self._pending_cr = False
+        buf = self._buf + chunk if self._buf else chunk
+        events: list[bytes] = []
+        start = 0
+        size = len(buf)
+        while start < size:
+            lf = buf.find(b"\n", start)
+            cr = buf.find(b"\r", start, lf if lf >= 0 else size)
+            if cr >= 0:
+                end, nxt = cr, cr + 1
+                if nxt < size and buf[nxt] == 0x0A:
+                    nxt += 1
+                elif nxt == size:
+                    self._pending_cr = True
+            elif lf >= 0:
+                end, nxt = lf, lf + 1
+            else:
+                break
+            self._line(buf[start:end], events)
+            start = nxt
+        self._buf = buf[start:]
+        return events
+
+    def _line(self, line: bytes, events: list[bytes]) -> None:
+        if not line:
+            if self._has_data:
+                events.append(b"\n".join(self._data))
+            self._data = []
+            self._has_data = False
+            return
+        if line[0] == 0x3A:  # ':' comment
+            return
+        name, sep, value = line.partition(b":")
+        if name != b"data":
+            return  # event:, id:, retry: carry nothing the record needs
+        if sep and value.startswith(b" "):
+            value = value[1:]
+        self._data.append(value)
+        self._has_data = True
+
+
+def _payload(event: bytes) -> bytes | None:
+    """The data of a single complete event, or None."""
+    payloads = SSEDecoder().feed(event)
+    return payloads[0] if len(payloads) == 1 else None
+
+
+def _json(payload: bytes | None) -> dict[str, Any] | None:
+    if payload is None:
+        return None
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def is_usage_only(payload: bytes) -> bool:
+    """True for a chunk that carries usage and no choices."""
+    obj = _json(payload)
+    return obj is not None and obj.get("choices") == [] and bool(obj.get("usage"))
+
+
+def _is_terminal(obj: dict[str, Any] | None) -> bool:
+    """A choice chunk with a finish reason: vLLM stamps the fingerprint on these."""
+    if obj is None or "system_fingerprint" in obj:
+        return False
+    choices = obj.get("choices")
+    return isinstance(choices, list) and any(
+        isinstance(c, dict) and c.get("finish_reason") is not None for c in choices
+    )
+
+
+def _with_fingerprint(event: bytes, fingerprint: Any) -> bytes:
+    """Add `"system_fingerprint"` as the last field of the event's JSON, where vLLM puts it."""
+    if not isinstance(fingerprint, str):
+        return event
+    end = event.rfind(b"}")
+    if end < 0:
+        return event
+    return event[:end] + b',"system_fingerprint":' + orjson.dumps(fingerprint) + event[end:]
+
+
+class UsageChunkFilter:
+    """Gives the client the stream vLLM would have sent had the sidecar not asked for usage.
+
+    Two differences are undone: the usage-only chunk is removed, and the
+    `system_fingerprint` that vLLM moves from each terminal choice chunk (the
+    one with a `finish_reason`) to the usage chunk is put back. A terminal
+    chunk is therefore held from its arrival until the usage chunk, which vLLM
+    writes right after the last terminal chunk; with `n` > 1 everything after
+    the first terminal chunk waits with it, to keep the order. If no usage
+    chunk comes (an error ended the stream), held events are released as they
+    were. An unfinished event is held until its blank line arrives.
+    """
+
+    __slots__ = ("_held", "_partial")
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self._held: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._partial + chunk if self._partial else chunk
+        cut = _last_event_end(data)
+        if cut < 0:
+            self._partial = data
+            return b""
+        complete, self._partial = data[:cut], data[cut:]
+        if (
+            not self._held
+            and _FINISH not in complete
+            and not any(marker in complete for marker in _USAGE_ONLY_MARKERS)
+        ):
+            return complete
+        out: list[bytes] = []
+        for event in _split_events(complete):
+            obj = _json(_payload(event))
+            if obj is not None and obj.get("choices") == [] and obj.get("usage"):
+                fingerprint = obj.get("system_fingerprint")
+                out.extend(_with_fingerprint(e, fingerprint) for e in self._held)
+                self._held.clear()
+            elif self._held or _is_terminal(obj):
+                self._held.append(event)
+            else:
+                out.append(event)
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """What is still held when the stream ends."""
+        out = b"".join(self._held) + self._partial
+        self._held.clear()
+        self._partial = b""
+        return out
+
+
+def _last_event_end(data: bytes) -> int:
+    """Offset just past the last blank line (event terminator), or -1."""
+    lf = data.rfind(b"\n\n")
+    crlf = data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)
+
+
+def _split_events(block: bytes) -> list[bytes]:
+    """Split complete events, each keeping its own terminator."""
+    events: list[bytes] = []
+    start = 0
+    while start < len(block):
+        lf = block.find(b"\n\n", start)
+        crlf = block.find(b"\r\n\r\n", start)
+        if crlf >= 0 and (lf < 0 or crlf < lf):
+            end = crlf + 4
+        elif lf >= 0:
+            end = lf + 2
+        else:
+            end = len(block)
+        events.append(block[start:end])
+        start = end
+    return events

@@ -1,0 +1,120 @@
+"""Per-choice reassembly of streamed answers, fed from real SSE fixtures split at every offset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar_audit.capture import StreamCapture
+from sidecar_audit.reassembly import StreamAssembler
+from sidecar_audit.sse import SSEDecoder
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def assemble(raw: bytes, cut: int | None = None, max_chars: int = 10_000) -> StreamAssembler:
+    decoder = SSEDecoder()
+    assembler = StreamAssembler(max_chars)
+    pieces = [raw] if cut is None else [raw[:cut], raw[cut:]]
+    for piece in pieces:
+        for payload in decoder.feed(piece):
+            assembler.add(payload)
+    return assembler
+
+
+def test_tool_calls_reasoning_and_content() -> None:
+    a = assemble((FIXTURES / "chat_tools_reasoning.sse").read_bytes())
+    assert a.result() == [
+        {
+            "index": 0,
+            "content": "Sure — ünïcode ✓",
+            "reasoningContent": "Think hard.",
+            "toolCalls": [
+                {
+                    "index": 0,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                },
+                {
+                    "index": 1,
+                    "id": "call_2",
+                    "type": "function",
+                    "function": {"name": "get_time", "arguments": "{}"},
+                },
+            ],
+            "finishReason": "tool_calls",
+        }
+    ]
+    assert a.usage == {"prompt_tokens": 12, "total_tokens": 20, "completion_tokens": 8}
+    assert a.model == "qwen"
+    assert a.events == 11  # ten JSON chunks and [DONE]; the keep-alive comment is no event
+    assert a.done and a.error is None and not a.truncated
+
+
+def test_result_is_the_same_at_every_split_point() -> None:
+    raw = (FIXTURES / "chat_tools_reasoning.sse").read_bytes()
+    whole = assemble(raw).result()
+    for cut in range(len(raw) + 1):
+        assert assemble(raw, cut).result() == whole
+
+
+def test_completions_with_two_choices() -> None:
+    a = assemble((FIXTURES / "completions_n2.sse").read_bytes())
+    assert a.result() == [
+        {"index": 0, "text": "Hello world", "finishReason": "length"},
+        {"index": 1, "text": "Hello world", "finishReason": "length"},
+    ]
+    assert a.usage == {"prompt_tokens": 3, "total_tokens": 7, "completion_tokens": 4}
+
+
+def test_midstream_error_is_kept() -> None:
+    a = assemble((FIXTURES / "chat_midstream_error.sse").read_bytes())
+    assert a.error == {
+        "message": "engine died",
+        "type": "InternalServerError",
+        "param": None,
+        "code": 500,
+    }
+    assert a.result()[0]["content"] == "Par"
+    assert a.result()[0]["finishReason"] is None
+
+
+def test_text_is_capped_and_marked_truncated() -> None:
+    a = assemble((FIXTURES / "chat_tools_reasoning.sse").read_bytes(), max_chars=6)
+    choice = a.result()[0]
+    assert choice["content"] == "Sure —"
+    assert choice["reasoningContent"] == "Think "
+    assert a.truncated
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"choices": "nope"}',
+        b'{"choices": [7, {"index": "x"}]}',
+        b'{"choices": [{"delta": {"tool_calls": [{"index": "a", "function": 3}]}}]}',
+    ],
+)
+def test_garbage_never_raises(payload: bytes) -> None:
+    a = StreamAssembler(100)
+    a.add(payload)
+    a.result()
+    assert a.events == 1
+
+
+def test_capture_marks_first_output_token_time() -> None:
+    raw = (FIXTURES / "chat_tools_reasoning.sse").read_bytes()
+    events = [e + b"\n\n" for e in raw.split(b"\n\n")[:-1]]
+    ticks = iter(range(100, 200))
+    capture = StreamCapture(10_000, lambda: float(next(ticks)))
+    for event in events:
+        capture.feed(event)
+    # The role chunk carries no output; the first reasoning delta (second event) does.
+    assert capture.first_token_at == 100.0
+    view = capture.finish()
+    assert view["bytes"] == len(raw)
+    assert capture.assembler.result()[0]["content"] == "Sure — ünïcode ✓"

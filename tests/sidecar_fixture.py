@@ -1,0 +1,93 @@
+"""The sidecar under test as a real process (`python -m sidecar_audit`), wired to real servers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.audit_s3 import AuditObjects, create_bucket, read_audit, wait_for_records
+from tests.procs import Proc, free_port, python_module, wait_http
+
+AUDIT_HEADERS = {"x-llm-source": "test-app", "x-llm-user": "tester", "x-llm-request-type": "chat"}
+
+
+@dataclass
+class Sidecar:
+    url: str
+    metrics_url: str
+    proc: Proc
+    bucket: str
+    spool_dir: Path
+    env: dict[str, str]
+    moto_url: str
+    log_dir: Path
+    restarts: list[Proc] = field(default_factory=list)
+
+    def audit(self) -> AuditObjects:
+        return read_audit(self.moto_url, self.bucket)
+
+    def wait_for_records(self, request_ids: list[str], timeout: float = 30.0) -> AuditObjects:
+        return wait_for_records(self.moto_url, self.bucket, request_ids, timeout)
+
+    def log_lines(self) -> list[str]:
+        return self.proc.log().splitlines()
+
+
+def launch(name: str, env: dict[str, str], log_dir: Path, port: int) -> Proc:
+    proc = Proc(name, python_module("sidecar_audit"), log_dir=log_dir, env=env)
+    wait_http(f"http://127.0.0.1:{port}/health", proc)
+    return proc
+
+
+@pytest.fixture
+def start_sidecar(
+    moto_server: str, aws_endpoint_env: dict[str, str], tmp_path: Path, proc_log_dir: Path
+) -> Iterator[Callable[..., Sidecar]]:
+    """Factory: start a sidecar in front of `upstream_url`, with its own bucket and spool."""
+    started: list[Sidecar] = []
+
+    def start(upstream_url: str, **settings: str) -> Sidecar:
+        port, metrics_port = free_port(), free_port()
+        bucket = settings.pop("AUDIT_BUCKET", f"audit-{uuid.uuid4().hex[:12]}")
+        create_bucket(moto_server, bucket)
+        spool_dir = tmp_path / f"spool-{len(started)}"
+        env = {
+            **aws_endpoint_env,
+            "LISTEN_HOST": "127.0.0.1",
+            "LISTEN_PORT": str(port),
+            "METRICS_HOST": "127.0.0.1",
+            "METRICS_PORT": str(metrics_port),
+            "UPSTREAM_URL": upstream_url,
+            "AUDIT_BUCKET": bucket,
+            "AUDIT_SPOOL_DIR": str(spool_dir),
+            "AUDIT_FLUSH_INTERVAL_S": "0.3",
+            "HEALTH_CACHE_S": "0",
+            "EMF_INTERVAL_S": "0",
+            "SHUTDOWN_GRACE_S": "10",
+            "SHUTDOWN_SHIP_S": "10",
+            "LOG_LEVEL": "info",
+            **settings,
+        }
+        name = f"sidecar-{len(started)}-{port}"
+        proc = launch(name, env, proc_log_dir, port)
+        sidecar = Sidecar(
+            url=f"http://127.0.0.1:{port}",
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            proc=proc,
+            bucket=bucket,
+            spool_dir=spool_dir,
+            env=env,
+            moto_url=moto_server,
+            log_dir=proc_log_dir,
+        )
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        for proc in [sidecar.proc, *sidecar.restarts]:
+            proc.stop()
