@@ -1,0 +1,249 @@
+"""vLLM's non-generation routes: health, version, models, tokenizer, embeddings, metrics,
+SageMaker ping/invocations, and the operator/dev routes (present so tests can prove a
+proxy never forwards them; they answer like vLLM but change nothing).
+
+Invariants: `/tokenize` counts tokens exactly as the generation endpoints count prompt
+tokens; every JSON route checks the body like vLLM (`validate_json_request`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from vllm_standin.bodies import chat_prompt, decode_json
+from vllm_standin.chat import chat_completions
+from vllm_standin.completions import completions
+from vllm_standin.errors import (
+    UNSUPPORTED_MEDIA_TYPE,
+    ApiError,
+    api_error,
+    bad_request,
+    validation_error,
+)
+from vllm_standin.respond import send_bytes, send_error
+from vllm_standin.runtime import RUNTIME
+from vllm_standin.vocab import WORDS, detokenize, prompt_token_count, token_ids
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+EMBEDDING_DIM = 8
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    return await send_bytes(request, 200, b"", None)
+
+
+async def version(request: web.Request) -> web.StreamResponse:
+    return await send_bytes(
+        request, 200, orjson.dumps({"version": request.app[RUNTIME].options.vllm_version})
+    )
+
+
+async def load(request: web.Request) -> web.StreamResponse:
+    in_flight = request.app[RUNTIME].journal.stats.in_flight
+    return await send_bytes(request, 200, orjson.dumps({"server_load": max(in_flight - 1, 0)}))
+
+
+async def models(request: web.Request) -> web.StreamResponse:
+    options = request.app[RUNTIME].options
+    now = int(time.time())
+    card = {
+        "id": options.model,
+        "object": "model",
+        "created": now,
+        "owned_by": "vllm",
+        "root": options.model,
+        "parent": None,
+        "max_model_len": options.max_model_len,
+        "permission": [
+            {
+                "id": f"modelperm-{secrets.token_hex(8)}",
+                "object": "model_permission",
+                "created": now,
+                "allow_create_engine": False,
+                "allow_sampling": True,
+                "allow_logprobs": True,
+                "allow_search_indices": False,
+                "allow_view": True,
+                "allow_fine_tuning": False,
+                "organization": "*",
+                "group": None,
+                "is_blocking": False,
+            }
+        ],
+    }
+    return await send_bytes(request, 200, orjson.dumps({"object": "list", "data": [card]}))
+
+
+async def _json_object(request: web.Request) -> dict[str, object] | ApiError:
+    document = decode_json(await request.read(), request.headers.get("Content-Type"))
+    if isinstance(document, ApiError):
+        return document
+    if not isinstance(document, dict):
+        return bad_request("Request body must be a JSON object.")
+    return document
+
+
+async def tokenize(request: web.Request) -> web.StreamResponse:
+    body = await _json_object(request)
+    if isinstance(body, ApiError):
+        return await send_error(request, body)
+    if isinstance(body.get("prompt"), str):
+        text = str(body["prompt"])
+    elif isinstance(body.get("messages"), list):
+        text = chat_prompt(body)
+    else:
+        return await send_error(request, bad_request("Either prompt or messages must be provided."))
+    ids = token_ids(text)
+    strs = [WORDS[i % len(WORDS)] for i in ids] if body.get("return_token_strs") else None
+    payload = {
+        "count": len(ids),
+        "max_model_len": request.app[RUNTIME].options.max_model_len,
+        "tokens": ids,
+        "token_strs": strs,
+    }
+    return await send_bytes(request, 200, orjson.dumps(payload))
+
+
+async def detokenize_route(request: web.Request) -> web.StreamResponse:
+    body = await _json_object(request)
+    if isinstance(body, ApiError):
+        return await send_error(request, body)
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+        return await send_error(
+            request, bad_request("tokens must be a list of integers.", "tokens")
+        )
+    return await send_bytes(request, 200, orjson.dumps({"prompt": detokenize(tokens)}))
+
+
+def _embedding(text: str) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round((byte - 127.5) / 127.5, 6) for byte in digest[:EMBEDDING_DIM]]
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    body = await _json_object(request)
+    if isinstance(body, ApiError):
+        return await send_error(request, body)
+    raw = body.get("input")
+    inputs = [raw] if isinstance(raw, str) else raw
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+        return await send_error(
+            request, bad_request("input must be a string or a list of strings.", "input")
+        )
+    runtime = request.app[RUNTIME]
+    prompt = sum(prompt_token_count(text) for text in inputs)
+    payload = {
+        "id": f"embd-{secrets.token_hex(8)}",
+        "object": "list",
+        "created": int(time.time()),
+        "model": runtime.options.model,
+        "data": [
+            {"index": i, "object": "embedding", "embedding": _embedding(text)}
+            for i, text in enumerate(inputs)
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt,
+            "completion_tokens": 0,
+            "prompt_tokens_details": None,
+            "completion_tokens_details": None,
+        },
+    }
+    return await send_bytes(request, 200, orjson.dumps(payload))
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    stats = runtime.journal.stats
+    labels = f'engine="0",model_name="{runtime.options.model}"'
+    lines = [
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+        "# TYPE vllm:num_requests_running gauge",
+        f"vllm:num_requests_running{{{labels}}} {float(max(stats.in_flight - 1, 0))}",
+        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
+        "# TYPE vllm:num_requests_waiting gauge",
+        f"vllm:num_requests_waiting{{{labels}}} 0.0",
+        "# HELP vllm:request_success_total Count of successfully processed requests.",
+        "# TYPE vllm:request_success_total counter",
+        f"vllm:request_success_total{{{labels}}} {float(stats.completed)}",
+        "",
+    ]
+    return await send_bytes(request, 200, "\n".join(lines).encode(), METRICS_CONTENT_TYPE)
+
+
+async def invocations(request: web.Request) -> web.StreamResponse:
+    """SageMaker's entry point: dispatch on the body's shape, chat first (as vLLM does)."""
+    media_type = request.headers.get("Content-Type", "").lower().split(";", maxsplit=1)[0]
+    if media_type != "application/json":
+        return await send_error(request, validation_error([UNSUPPORTED_MEDIA_TYPE]))
+    try:
+        document = json.loads(await request.read())
+    except ValueError as exc:
+        return await send_error(request, api_error(f"JSON decode error: {exc}", "Bad Request", 400))
+    if isinstance(document, dict) and "messages" in document:
+        return await chat_completions(request)
+    if isinstance(document, dict) and "prompt" in document:
+        return await completions(request)
+    message = (
+        "Cannot find suitable handler for request. "
+        "Expected one of: ['ChatCompletionRequest', 'CompletionRequest']"
+    )
+    return await send_error(request, bad_request(message))
+
+
+async def _ok_empty(request: web.Request) -> web.StreamResponse:
+    return await send_bytes(request, 200, b"", None)
+
+
+def _ok_json(payload: dict[str, object]) -> Handler:
+    body = orjson.dumps(payload)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await send_bytes(request, 200, body)
+
+    return handler
+
+
+def _dev_routes() -> list[web.RouteDef]:
+    return [
+        web.post("/reset_prefix_cache", _ok_empty),
+        web.post("/reset_mm_cache", _ok_empty),
+        web.post("/sleep", _ok_empty),
+        web.post("/wake_up", _ok_empty),
+        web.get("/is_sleeping", _ok_json({"is_sleeping": False})),
+        web.post("/pause", _ok_empty),
+        web.post("/resume", _ok_empty),
+        web.get("/is_paused", _ok_json({"is_paused": False})),
+        web.post("/collective_rpc", _ok_json({"results": []})),
+        web.get("/server_info", _ok_json({"vllm_config": "stand-in"})),
+        web.post("/scale_elastic_ep", _ok_json({"message": "Scaled"})),
+        web.post("/v1/load_lora_adapter", _ok_empty),
+        web.post("/v1/unload_lora_adapter", _ok_empty),
+    ]
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/health", health),
+        web.get("/ping", health),
+        web.post("/ping", health),
+        web.get("/version", version),
+        web.get("/load", load),
+        web.get("/v1/models", models),
+        web.post("/v1/chat/completions", chat_completions),
+        web.post("/v1/completions", completions),
+        web.post("/tokenize", tokenize),
+        web.post("/detokenize", detokenize_route),
+        web.post("/v1/embeddings", embeddings),
+        web.get("/metrics", metrics),
+        web.post("/invocations", invocations),
+        *_dev_routes(),
+    ]
