@@ -1,0 +1,162 @@
+"""CloudWatch alarms from the original stack, all notifying one SNS topic.
+
+- tasks running below desired (Container Insights, metric math desired - running)
+- ingestion Lambda errors
+- DLQ not empty (an audit object failed ingestion `maxReceiveCount` times)
+- ingestion queue backlog ageing (the Lambda is not keeping up or not running)
+- audit shipping stalled: the sidecar's EMF metric `AuditOldestUnshippedAgeSeconds`
+  above the sidecar's own health limit (`HEALTH_MAX_SHIP_LAG_S`, 300 s)
+- audit records dropped: `AuditRecordsDropped` is a per-process running total,
+  so the alarm stays on until the sidecar that dropped records is replaced
+"""
+
+from __future__ import annotations
+
+from ecs.stackgen.cfn import Json, get_att, ref
+
+AUDIT_NAMESPACE = "CentralLLM/Audit"
+SHIP_LAG_LIMIT_S = 300
+
+
+def _alarm(description: str, metric: Json, *, threshold: float, periods: int, missing: str) -> Json:
+    return {
+        "Type": "AWS::CloudWatch::Alarm",
+        "Properties": {
+            "AlarmDescription": description,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "Threshold": threshold,
+            "EvaluationPeriods": periods,
+            "TreatMissingData": missing,
+            "AlarmActions": [ref("AlarmTopic")],
+            "OKActions": [ref("AlarmTopic")],
+            **metric,
+        },
+    }
+
+
+def _metric(namespace: str, name: str, stat: str, period: int, **dimensions: Json) -> Json:
+    return {
+        "Namespace": namespace,
+        "MetricName": name,
+        "Statistic": stat,
+        "Period": period,
+        "Dimensions": [{"Name": key, "Value": value} for key, value in dimensions.items()],
+    }
+
+
+def _tasks_below_desired() -> Json:
+    def stat(metric_id: str, name: str) -> Json:
+        return {
+            "Id": metric_id,
+            "ReturnData": False,
+            "MetricStat": {
+                "Metric": {
+                    "Namespace": "ECS/ContainerInsights",
+                    "MetricName": name,
+                    "Dimensions": [
+                        {"Name": "ClusterName", "Value": ref("ClusterName")},
+                        {"Name": "ServiceName", "Value": ref("ServiceName")},
+                    ],
+                },
+                "Period": 60,
+                "Stat": "Average",
+            },
+        }
+
+    metrics = {
+        "Metrics": [
+            stat("running", "RunningTaskCount"),
+            stat("desired", "DesiredTaskCount"),
+            {
+                "Id": "missing",
+                "Expression": "desired - running",
+                "Label": "tasks missing",
+                "ReturnData": True,
+            },
+        ]
+    }
+    return _alarm(
+        "Central LLM: fewer tasks running than desired for 5 minutes",
+        metrics,
+        threshold=0,
+        periods=5,
+        missing="notBreaching",
+    )
+
+
+def alarm_resources() -> dict[str, Json]:
+    return {
+        "AlarmTopic": {
+            "Type": "AWS::SNS::Topic",
+            "Properties": {"TopicName": ref("AlarmTopicName")},
+        },
+        "AlarmEmailSubscription": {
+            "Type": "AWS::SNS::Subscription",
+            "Condition": "HasAlarmEmail",
+            "Properties": {
+                "TopicArn": ref("AlarmTopic"),
+                "Protocol": "email",
+                "Endpoint": ref("AlarmEmail"),
+            },
+        },
+        "TasksBelowDesiredAlarm": _tasks_below_desired(),
+        "IngestErrorsAlarm": _alarm(
+            "Audit ingestion Lambda reported errors",
+            _metric("AWS/Lambda", "Errors", "Sum", 300, FunctionName=ref("IngestFunction")),
+            threshold=0,
+            periods=1,
+            missing="notBreaching",
+        ),
+        "DlqDepthAlarm": _alarm(
+            "Audit objects failed ingestion and wait in the DLQ (central-llm-dlq-redrive)",
+            _metric(
+                "AWS/SQS",
+                "ApproximateNumberOfMessagesVisible",
+                "Maximum",
+                300,
+                QueueName=get_att("Dlq", "QueueName"),
+            ),
+            threshold=0,
+            periods=1,
+            missing="notBreaching",
+        ),
+        "IngestBacklogAlarm": _alarm(
+            "Audit notifications wait more than 15 minutes for the ingestion Lambda",
+            _metric(
+                "AWS/SQS",
+                "ApproximateAgeOfOldestMessage",
+                "Maximum",
+                300,
+                QueueName=get_att("IngestQueue", "QueueName"),
+            ),
+            threshold=900,
+            periods=1,
+            missing="notBreaching",
+        ),
+        "AuditShippingStalledAlarm": _alarm(
+            "Audit shipping stalled: the oldest unshipped record is older than 5 minutes",
+            _metric(
+                AUDIT_NAMESPACE,
+                "AuditOldestUnshippedAgeSeconds",
+                "Maximum",
+                60,
+                ServiceName=ref("ServiceName"),
+            ),
+            threshold=SHIP_LAG_LIMIT_S,
+            periods=3,
+            missing="notBreaching",
+        ),
+        "AuditRecordsDroppedAlarm": _alarm(
+            "Audit records were dropped (spool full or failed under the drop policy)",
+            _metric(
+                AUDIT_NAMESPACE,
+                "AuditRecordsDropped",
+                "Maximum",
+                60,
+                ServiceName=ref("ServiceName"),
+            ),
+            threshold=0,
+            periods=1,
+            missing="notBreaching",
+        ),
+    }

@@ -1,0 +1,259 @@
+"""The ECS service: image repositories, roles, task definition, cluster, service and NLB.
+
+The task definition is `ecs/task-definition.json` converted to CloudFormation's
+spelling, nothing added. The GPU hosts are EC2 instances launched into the
+cluster by `scripts/launch-prod-ecr.sh` with the instance profile and security
+group defined here. The NLB is internal (API Gateway reaches it through a VPC
+link); its target group keeps the original health check (HTTP GET /health on
+port 8000 every 30 s, 5 s timeout, 3 tries) and drains a deregistered task for
+`DeregistrationDelaySeconds` so long streams can finish before ECS sends SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ecs.stackgen.cfn import Json, pascal_keys, ref, sub, substitute, tags
+
+SIDECAR_CONTAINER = "audit-sidecar"
+SIDECAR_PORT = 8000
+DEREGISTRATION_DELAY_S = 300
+HEALTH_CHECK_GRACE_S = 900
+
+_ECR_LIFECYCLE = {
+    "rules": [
+        {
+            "rulePriority": 1,
+            "description": "Keep the 30 most recent images (rollback targets)",
+            "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 30},
+            "action": {"type": "expire"},
+        }
+    ]
+}
+
+
+def _repository(name_parameter: str) -> Json:
+    return {
+        "Type": "AWS::ECR::Repository",
+        "DeletionPolicy": "Retain",
+        "UpdateReplacePolicy": "Retain",
+        "Properties": {
+            "RepositoryName": ref(name_parameter),
+            "ImageTagMutability": "IMMUTABLE",
+            "ImageScanningConfiguration": {"ScanOnPush": True},
+            "EncryptionConfiguration": {"EncryptionType": "AES256"},
+            "LifecyclePolicy": {"LifecyclePolicyText": json.dumps(_ECR_LIFECYCLE, sort_keys=True)},
+        },
+    }
+
+
+def _ecs_tasks_trust() -> Json:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+                "Condition": {
+                    "StringEquals": {"aws:SourceAccount": ref("AWS::AccountId")},
+                    "ArnLike": {
+                        "aws:SourceArn": sub(
+                            "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:*"
+                        )
+                    },
+                },
+            }
+        ],
+    }
+
+
+def _role(policy_name: str, policy: dict[str, Any]) -> Json:
+    return {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": _ecs_tasks_trust(),
+            "Policies": [{"PolicyName": policy_name, "PolicyDocument": substitute(policy)}],
+        },
+    }
+
+
+def _hosts() -> dict[str, Json]:
+    return {
+        "InstanceRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "ec2.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                },
+                "ManagedPolicyArns": [
+                    sub(
+                        "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"
+                    ),
+                    sub("arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"),
+                ],
+            },
+        },
+        "InstanceProfile": {
+            "Type": "AWS::IAM::InstanceProfile",
+            "Properties": {"Roles": [ref("InstanceRole")]},
+        },
+        "InstanceSecurityGroup": {
+            "Type": "AWS::EC2::SecurityGroup",
+            "Properties": {
+                "GroupDescription": "Central LLM GPU hosts: no inbound (SSM), outbound to AWS",
+                "VpcId": ref("VpcId"),
+                "SecurityGroupEgress": [
+                    {"IpProtocol": "-1", "CidrIp": "0.0.0.0/0", "Description": "AWS APIs"}
+                ],
+                "Tags": tags(Name="central-llm-gpu-host"),
+            },
+        },
+    }
+
+
+def _networking() -> dict[str, Json]:
+    return {
+        "TaskSecurityGroup": {
+            "Type": "AWS::EC2::SecurityGroup",
+            "Properties": {
+                "GroupDescription": "Central LLM tasks: sidecar port from the VPC (NLB) only",
+                "VpcId": ref("VpcId"),
+                "SecurityGroupIngress": [
+                    {
+                        "IpProtocol": "tcp",
+                        "FromPort": SIDECAR_PORT,
+                        "ToPort": SIDECAR_PORT,
+                        "CidrIp": ref("VpcCidr"),
+                        "Description": "NLB traffic and health checks",
+                    }
+                ],
+                "SecurityGroupEgress": [
+                    {"IpProtocol": "-1", "CidrIp": "0.0.0.0/0", "Description": "S3, ECR, logs"}
+                ],
+                "Tags": tags(Name="central-llm-task"),
+            },
+        },
+        "LoadBalancer": {
+            "Type": "AWS::ElasticLoadBalancingV2::LoadBalancer",
+            "Properties": {
+                "Type": "network",
+                "Scheme": "internal",
+                "Subnets": ref("SubnetIds"),
+                "LoadBalancerAttributes": [
+                    {"Key": "load_balancing.cross_zone.enabled", "Value": "true"}
+                ],
+            },
+        },
+        "TargetGroup": {
+            "Type": "AWS::ElasticLoadBalancingV2::TargetGroup",
+            "Properties": {
+                "Name": ref("TargetGroupName"),
+                "TargetType": "ip",
+                "Protocol": "TCP",
+                "Port": SIDECAR_PORT,
+                "VpcId": ref("VpcId"),
+                "HealthCheckEnabled": True,
+                "HealthCheckProtocol": "HTTP",
+                "HealthCheckPort": "traffic-port",
+                "HealthCheckPath": "/health",
+                "HealthCheckIntervalSeconds": 30,
+                "HealthCheckTimeoutSeconds": 5,
+                "HealthyThresholdCount": 3,
+                "UnhealthyThresholdCount": 3,
+                "Matcher": {"HttpCode": "200"},
+                "TargetGroupAttributes": [
+                    {
+                        "Key": "deregistration_delay.timeout_seconds",
+                        "Value": str(DEREGISTRATION_DELAY_S),
+                    }
+                ],
+            },
+        },
+        "Listener": {
+            "Type": "AWS::ElasticLoadBalancingV2::Listener",
+            "Properties": {
+                "LoadBalancerArn": ref("LoadBalancer"),
+                "Port": ref("ListenerPort"),
+                "Protocol": "TCP",
+                "DefaultActions": [{"Type": "forward", "TargetGroupArn": ref("TargetGroup")}],
+            },
+        },
+    }
+
+
+def _service() -> Json:
+    return {
+        "Type": "AWS::ECS::Service",
+        "DependsOn": ["Listener"],
+        "Properties": {
+            "ServiceName": ref("ServiceName"),
+            "Cluster": ref("Cluster"),
+            "TaskDefinition": ref("TaskDefinition"),
+            "LaunchType": "EC2",
+            "DesiredCount": ref("DesiredCount"),
+            "NetworkConfiguration": {
+                "AwsvpcConfiguration": {
+                    "Subnets": ref("SubnetIds"),
+                    "SecurityGroups": [ref("TaskSecurityGroup")],
+                }
+            },
+            "LoadBalancers": [
+                {
+                    "ContainerName": SIDECAR_CONTAINER,
+                    "ContainerPort": SIDECAR_PORT,
+                    "TargetGroupArn": ref("TargetGroup"),
+                }
+            ],
+            "HealthCheckGracePeriodSeconds": HEALTH_CHECK_GRACE_S,
+            "DeploymentConfiguration": {
+                "MinimumHealthyPercent": ref("DeployMinimumHealthyPercent"),
+                "MaximumPercent": ref("DeployMaximumPercent"),
+                "DeploymentCircuitBreaker": {"Enable": True, "Rollback": True},
+            },
+            "EnableECSManagedTags": True,
+            "PropagateTags": "SERVICE",
+        },
+    }
+
+
+def service_resources(
+    task_definition: dict[str, Any],
+    task_policy: dict[str, Any],
+    execution_policy: dict[str, Any],
+) -> dict[str, Json]:
+    return {
+        "VllmRepository": _repository("VllmRepositoryName"),
+        "SidecarRepository": _repository("SidecarRepositoryName"),
+        "ServiceLogGroup": {
+            "Type": "AWS::Logs::LogGroup",
+            "DeletionPolicy": "Retain",
+            "UpdateReplacePolicy": "Retain",
+            "Properties": {"LogGroupName": ref("ServiceLogGroupName"), "RetentionInDays": 90},
+        },
+        "Cluster": {
+            "Type": "AWS::ECS::Cluster",
+            "Properties": {
+                "ClusterName": ref("ClusterName"),
+                "ClusterSettings": [{"Name": "containerInsights", "Value": "enabled"}],
+            },
+        },
+        "TaskRole": _role("ecs-task-audit-writer", task_policy),
+        "ExecutionRole": _role("ecs-task-execution", execution_policy),
+        "TaskDefinition": {
+            "Type": "AWS::ECS::TaskDefinition",
+            "DependsOn": ["ServiceLogGroup", "VllmRepository", "SidecarRepository"],
+            "Properties": pascal_keys(substitute(task_definition)),
+        },
+        **_hosts(),
+        **_networking(),
+        "Service": _service(),
+    }

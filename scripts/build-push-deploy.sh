@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Build both images, push them to ECR under immutable tags, redeploy the service.
+set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+usage() {
+    cat <<'USAGE'
+Usage: scripts/build-push-deploy.sh [options]
+
+Steps, in order (default: all of them):
+  model    download the model artifacts: build vllm_engine/ up to its `model`
+           stage (HF_TOKEN from the environment, passed as a BuildKit secret,
+           never stored in the image)
+  build    build the vLLM image (vllm_engine/, model baked in) and the sidecar
+           image (sidecar_audit/Dockerfile, repository root as context)
+  push     log in to ECR and push both tags; a tag already in ECR is left alone
+           (the repositories are IMMUTABLE: a tag always means the same image)
+  deploy   scripts/deploy-stack.sh --vllm-tag ... --sidecar-tag ...: a new task
+           definition revision and an ECS rolling deployment (circuit breaker
+           rolls back on failure)
+
+Options:
+  --steps LIST          comma-separated subset of model,build,push,deploy
+  --tag TAG             tag for both images [git-<12-char commit>]
+  --vllm-tag TAG        tag of the vLLM image [--tag]
+  --sidecar-tag TAG     tag of the sidecar image [--tag]
+  --model-id ID         Hugging Face model [$MODEL_ID or mistralai/Ministral-8B-Instruct-2410]
+  --model-revision REV  model revision (pin a commit for reproducible images) [$MODEL_REVISION or main]
+  --vllm-repo NAME      ECR repository of vLLM [$VLLM_REPO or mistral8b-vllm]
+  --sidecar-repo NAME   ECR repository of the sidecar [$SIDECAR_REPO or central-llm-sidecar]
+  --stack NAME          stack to redeploy [$STACK_NAME or central-llm]
+  --region REGION       [$AWS_REGION or eu-central-1]
+  --platform PLATFORM   image platform [linux/amd64]
+  -h, --help            this help
+USAGE
+}
+
+root="$(repo_root)"
+region="${AWS_REGION:-${AWS_DEFAULT_REGION:-${DEFAULT_REGION}}}"
+stack="${STACK_NAME:-${DEFAULT_STACK}}"
+steps="model,build,push,deploy"
+tag=""
+vllm_tag=""
+sidecar_tag=""
+model_id="${MODEL_ID:-mistralai/Ministral-8B-Instruct-2410}"
+model_revision="${MODEL_REVISION:-main}"
+vllm_repo="${VLLM_REPO:-mistral8b-vllm}"
+sidecar_repo="${SIDECAR_REPO:-central-llm-sidecar}"
+platform="linux/amd64"
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --steps) steps="$2"; shift 2 ;;
+        --tag) tag="$2"; shift 2 ;;
+        --vllm-tag) vllm_tag="$2"; shift 2 ;;
+        --sidecar-tag) sidecar_tag="$2"; shift 2 ;;
+        --model-id) model_id="$2"; shift 2 ;;
+        --model-revision) model_revision="$2"; shift 2 ;;
+        --vllm-repo) vllm_repo="$2"; shift 2 ;;
+        --sidecar-repo) sidecar_repo="$2"; shift 2 ;;
+        --stack) stack="$2"; shift 2 ;;
+        --region) region="$2"; shift 2 ;;
+        --platform) platform="$2"; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+
+want() { [[ ",${steps}," == *",$1,"* ]]; }
+
+if [[ -z "${tag}" ]]; then
+    commit="${CODEBUILD_RESOLVED_SOURCE_VERSION:-}"
+    if [[ -z "${commit}" ]]; then
+        need git
+        commit="$(git -C "${root}" rev-parse HEAD)"
+        [[ -z "$(git -C "${root}" status --porcelain)" ]] \
+            || die "uncommitted changes: commit them or pass --tag (tags are immutable)"
+    fi
+    tag="git-${commit:0:12}"
+fi
+vllm_tag="${vllm_tag:-${tag}}"
+sidecar_tag="${sidecar_tag:-${tag}}"
+
+need aws
+if want model || want build || want push; then
+    need docker
+fi
+account="$(aws sts get-caller-identity --region "${region}" --query Account --output text)"
+registry="${account}.dkr.ecr.${region}.amazonaws.com"
+vllm_image="${registry}/${vllm_repo}:${vllm_tag}"
+sidecar_image="${registry}/${sidecar_repo}:${sidecar_tag}"
+
+vllm_build_args=(--platform "${platform}" --build-arg "MODEL_ID=${model_id}"
+    --build-arg "MODEL_REVISION=${model_revision}")
+if [[ -n "${HF_TOKEN:-}" ]]; then
+    hf_secret="id=hf_token,env=HF_TOKEN"
+    vllm_build_args+=(--secret "${hf_secret}")
+fi
+
+if want model; then
+    [[ -n "${HF_TOKEN:-}" ]] || log "HF_TOKEN is not set: only public models can be downloaded"
+    log "downloading ${model_id}@${model_revision} (vllm_engine model stage)"
+    docker build "${vllm_build_args[@]}" --target model -t "central-llm-model:${vllm_tag}" \
+        "${root}/vllm_engine"
+fi
+
+if want build; then
+    log "building ${vllm_image}"
+    docker build "${vllm_build_args[@]}" -t "${vllm_image}" "${root}/vllm_engine"
+    log "building ${sidecar_image}"
+    docker build --platform "${platform}" -f "${root}/sidecar_audit/Dockerfile" \
+        -t "${sidecar_image}" "${root}"
+fi
+
+push_once() {
+    local repo="$1" image_tag="$2" image="$3"
+    if aws ecr describe-images --region "${region}" --repository-name "${repo}" \
+        --image-ids "imageTag=${image_tag}" >/dev/null 2>&1; then
+        log "${repo}:${image_tag} already in ECR, not pushed again"
+    else
+        log "pushing ${image}"
+        docker push "${image}"
+    fi
+}
+
+if want push; then
+    aws ecr get-login-password --region "${region}" \
+        | docker login --username AWS --password-stdin "${registry}"
+    push_once "${vllm_repo}" "${vllm_tag}" "${vllm_image}"
+    push_once "${sidecar_repo}" "${sidecar_tag}" "${sidecar_image}"
+fi
+
+if want deploy; then
+    "${root}/scripts/deploy-stack.sh" --stack "${stack}" --region "${region}" \
+        --vllm-tag "${vllm_tag}" --sidecar-tag "${sidecar_tag}"
+fi
+log "done: vllm ${vllm_tag}, sidecar ${sidecar_tag}"

@@ -1,0 +1,140 @@
+"""The whole stack deployed into moto's CloudFormation: the resources exist with the right keys.
+
+What moto does not apply from a template (notification, versioning, lifecycle,
+TTL, alarms, task NetworkMode, service load balancers) is checked on the
+template in test_stack_template.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+
+from tests.deploy.conftest import DeployedStack
+
+
+def test_every_resource_was_created(deployed_stack: DeployedStack) -> None:
+    cfn = deployed_stack.client("cloudformation")
+    listed = cfn.describe_stack_resources(StackName=deployed_stack.name)["StackResources"]
+    assert listed
+    assert {r["ResourceStatus"] for r in listed} == {"CREATE_COMPLETE"}
+    assert deployed_stack.outputs["AuditBucket"] == "central-llm-audit"
+    assert deployed_stack.outputs["AuditTableName"] == "CentralLLMAudit"
+    assert deployed_stack.outputs["ClusterName"] == "central-llm-service-cluster"
+
+
+def test_table_has_the_design_keys_and_indexes(deployed_stack: DeployedStack) -> None:
+    table = deployed_stack.client("dynamodb").describe_table(TableName="CentralLLMAudit")["Table"]
+    assert table["KeySchema"] == [
+        {"AttributeName": "id", "KeyType": "HASH"},
+        {"AttributeName": "createdAt", "KeyType": "RANGE"},
+    ]
+    indexes = {g["IndexName"]: g["KeySchema"] for g in table["GlobalSecondaryIndexes"]}
+    assert indexes == {
+        "GSI_UserTime": [
+            {"AttributeName": "userId", "KeyType": "HASH"},
+            {"AttributeName": "createdAt", "KeyType": "RANGE"},
+        ],
+        "GSI_StatusTime": [
+            {"AttributeName": "statusCode", "KeyType": "HASH"},
+            {"AttributeName": "createdAt", "KeyType": "RANGE"},
+        ],
+        "GSI_ProjectLatency": [
+            {"AttributeName": "projectId", "KeyType": "HASH"},
+            {"AttributeName": "latencyMs", "KeyType": "RANGE"},
+        ],
+    }
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    assert types["statusCode"] == "N" and types["latencyMs"] == "N"
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def test_audit_bucket_exists_with_kms_encryption(deployed_stack: DeployedStack) -> None:
+    s3 = deployed_stack.client("s3")
+    for bucket in ("central-llm-audit", "central-llm-audit-raw"):
+        (rule,) = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"][
+            "Rules"
+        ]
+        assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+
+
+def test_ingest_queue_redrives_to_the_dlq(deployed_stack: DeployedStack) -> None:
+    sqs = deployed_stack.client("sqs")
+    dlq_url = sqs.get_queue_url(QueueName="llm-audit-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    queue_url = sqs.get_queue_url(QueueName="llm-audit-events")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"] == dlq_arn
+    assert int(redrive["maxReceiveCount"]) == 5
+    assert int(attributes["VisibilityTimeout"]) == 360
+
+
+def test_lambda_is_fed_by_the_queue_and_configured(deployed_stack: DeployedStack) -> None:
+    lam = deployed_stack.client("lambda")
+    config = lam.get_function(FunctionName="llm-audit-ingest")["Configuration"]
+    assert config["Runtime"] == "python3.12"
+    assert config["Handler"] == "llm_audit_ingest.handler"
+    variables = config["Environment"]["Variables"]
+    assert variables["TABLE_NAME"] == "CentralLLMAudit"
+    assert variables["AUDIT_PREFIX"] == "logs"
+    assert variables["ARCHIVE_BUCKET"] == "central-llm-audit-raw"
+    assert str(variables["RETENTION_DAYS"]) == "365"
+    (mapping,) = lam.list_event_source_mappings(FunctionName="llm-audit-ingest")[
+        "EventSourceMappings"
+    ]
+    assert mapping["EventSourceArn"].endswith(":llm-audit-events")
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_ecs_service_and_task_definition(deployed_stack: DeployedStack) -> None:
+    ecs = deployed_stack.client("ecs")
+    (service,) = ecs.describe_services(
+        cluster="central-llm-service-cluster", services=["central-llm-service"]
+    )["services"]
+    assert service["launchType"] == "EC2"
+    assert service["desiredCount"] == 1
+    task = ecs.describe_task_definition(taskDefinition="central-llm-service")["taskDefinition"]
+    containers = {c["name"]: c for c in task["containerDefinitions"]}
+    assert set(containers) == {"vllm", "audit-sidecar"}
+    sidecar = containers["audit-sidecar"]
+    assert sidecar["dependsOn"] == [{"containerName": "vllm", "condition": "HEALTHY"}]
+    assert sidecar["image"].endswith("/central-llm-sidecar:git-0123456789ab")
+    assert containers["vllm"]["image"].endswith("/mistral8b-vllm:git-0123456789ab")
+    assert containers["vllm"]["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
+    (volume,) = task["volumes"]
+    assert volume["dockerVolumeConfiguration"]["scope"] == "shared"
+
+
+def test_target_group_health_check(deployed_stack: DeployedStack) -> None:
+    elb = deployed_stack.client("elbv2")
+    (group,) = elb.describe_target_groups(Names=["central-llm-service"])["TargetGroups"]
+    assert (group["Protocol"], group["Port"], group["TargetType"]) == ("TCP", 8000, "ip")
+    assert group["HealthCheckPath"] == "/health"
+    assert group["HealthCheckIntervalSeconds"] == 30
+    assert group["HealthCheckTimeoutSeconds"] == 5
+    attributes = elb.describe_target_group_attributes(TargetGroupArn=group["TargetGroupArn"])
+    values = {a["Key"]: a["Value"] for a in attributes["Attributes"]}
+    assert values["deregistration_delay.timeout_seconds"] == "300"
+
+
+def test_ecr_repositories_and_roles(deployed_stack: DeployedStack) -> None:
+    ecr = deployed_stack.client("ecr")
+    repositories = {
+        r["repositoryName"]: r["imageTagMutability"]
+        for r in ecr.describe_repositories()["repositories"]
+    }
+    assert repositories == {"mistral8b-vllm": "IMMUTABLE", "central-llm-sidecar": "IMMUTABLE"}
+    iam = deployed_stack.client("iam")
+    task_role = next(r for r in iam.list_roles()["Roles"] if "-TaskRole-" in r["RoleName"])
+    document = iam.get_role_policy(
+        RoleName=task_role["RoleName"], PolicyName="ecs-task-audit-writer"
+    )["PolicyDocument"]
+    if isinstance(document, str):
+        # moto keeps a CloudFormation policy as Python's repr of the dict, not JSON.
+        document = ast.literal_eval(document)
+    (statement,) = document["Statement"]
+    assert statement["Action"] == "s3:PutObject"
+    assert statement["Resource"] == "arn:aws:s3:::central-llm-audit/logs/*"
