@@ -109,14 +109,55 @@ def _is_terminal(obj: dict[str, Any] | None) -> bool:
     )
 
 
+# Fields vLLM's stream-chunk models declare after `system_fingerprint` (vLLM 0.33
+# protocol.py field order); the fingerprint goes before the first one present.
+_FIELDS_AFTER_FINGERPRINT = (
+    b',"prompt_token_ids":',
+    b',"prompt_text":',
+    b',"metrics":',
+    b',"kv_transfer_params":',
+)
+
+
 def _with_fingerprint(event: bytes, fingerprint: Any) -> bytes:
-    """Add `"system_fingerprint"` as the last field of the event's JSON, where vLLM puts it."""
+    """Add `"system_fingerprint"` to the event's JSON at the place vLLM's field order gives it."""
     if not isinstance(fingerprint, str):
         return event
+    choices = event.find(b'"choices":[')
     end = event.rfind(b"}")
-    if end < 0:
+    if choices < 0 or end < 0:
         return event
-    return event[:end] + b',"system_fingerprint":' + orjson.dumps(fingerprint) + event[end:]
+    at = end
+    tail = _array_end(event, choices + len(b'"choices":'))
+    for name in _FIELDS_AFTER_FINGERPRINT:
+        found = event.find(name, tail)
+        if 0 <= found < at:
+            at = found
+    return event[:at] + b',"system_fingerprint":' + orjson.dumps(fingerprint) + event[at:]
+
+
+def _array_end(data: bytes, start: int) -> int:
+    """Offset just past the JSON array opening at `start` (strings and nesting respected)."""
+    depth = 0
+    in_string = escaped = False
+    for i in range(start, len(data)):
+        byte = data[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(data)
 
 
 class UsageChunkFilter:

@@ -140,3 +140,31 @@ def test_usage_filter_releases_held_events_when_no_usage_arrives() -> None:
     usage_filter = UsageChunkFilter()
     assert usage_filter.feed(raw) == b""  # held, waiting for the usage chunk
     assert usage_filter.flush() == raw
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected_tail"),
+    [
+        # vLLM 0.33 passes kv_transfer_params explicitly, so it follows the fingerprint.
+        (b',"kv_transfer_params":null}', b',"system_fingerprint":"fp","kv_transfer_params":null}'),
+        (
+            b',"kv_transfer_params":{"ids":[1,[2]],"s":"]\\"}"}}',
+            b',"system_fingerprint":"fp","kv_transfer_params":{"ids":[1,[2]],"s":"]\\"}"}}',
+        ),
+        (b"}", b',"system_fingerprint":"fp"}'),
+    ],
+)
+def test_fingerprint_goes_where_vllm_field_order_puts_it(tail: bytes, expected_tail: bytes) -> None:
+    # A completions choice has its own prompt_token_ids: it must not be mistaken for the
+    # top-level field, nor must brackets inside strings end the choices array early.
+    head = (
+        b'data: {"id":"cmpl-1","object":"text_completion","created":1,"model":"m",'
+        b'"choices":[{"index":0,"text":"a]}\\"[","finish_reason":"stop",'
+        b'"prompt_token_ids":null}]'
+    )
+    usage = (
+        b'data: {"id":"cmpl-1","choices":[],"usage":{"prompt_tokens":1},'
+        b'"system_fingerprint":"fp"}\n\n'
+    )
+    raw = head + tail + b"\n\n" + usage + b"data: [DONE]\n\n"
+    assert filtered(raw, []) == head + expected_tail + b"\n\ndata: [DONE]\n\n"
