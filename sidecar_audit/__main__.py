@@ -12,11 +12,9 @@ import logging
 import os
 import sys
 
-from aiohttp import web
-
-from .app import EXIT_CODE, build_app
 from .config import Config, ConfigError, describe_settings
 from .logjson import setup_logging
+from .workers import serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,23 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sidecar_audit: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        uvloop = None
-    app = build_app(config)
-    web.run_app(
-        app,
-        host=config.listen_host,
-        port=config.listen_port,
-        shutdown_timeout=config.shutdown_grace,
-        handler_cancellation=True,
-        access_log=None,
-        print=None,
-        backlog=1024,
-        loop=uvloop.new_event_loop() if uvloop else None,
-    )
-    code = app[EXIT_CODE][0]
+    code = serve(config)
     logging.getLogger("sidecar_audit").info("sidecar stopped", extra={"exitCode": code})
     return code
 

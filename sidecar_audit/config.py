@@ -333,6 +333,14 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "The `ServiceName` dimension of the CloudWatch metrics.",
     ),
+    Setting(
+        "WORKERS",
+        "workers",
+        "1",
+        _positive_int,
+        "Worker processes sharing the port (SO_REUSEPORT); each writes its own spool "
+        "segments in `AUDIT_SPOOL_DIR`, worker i serves metrics on `METRICS_PORT`+i.",
+    ),
     Setting("LOG_LEVEL", "log_level", "info", _log_level, "debug, info, warning or error."),
 )
 
@@ -371,6 +379,7 @@ class Config:
     health_max_ship_lag: float
     emf_interval: float
     service_name: str
+    workers: int
     log_level: str
     redacted_headers: frozenset[str] = field(default=frozenset())
 

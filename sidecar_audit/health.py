@@ -1,9 +1,14 @@
 """The sidecar's own `/health`: vLLM's health (probed, cached briefly) and the audit path's.
 
-The NLB and ECS use it to take a task out of service, so it fails both when vLLM
-is not ready and when the audit trail is in trouble (spool failed or full,
-backlog above the threshold, shipping stalled): nothing unaudited should be
-served by a healthy-looking task. `verdict` is pure; `UpstreamProbe` does the I/O.
+The NLB's target group checks it, and ECS replaces a task its load balancer
+reports unhealthy, so it fails both when vLLM is not ready and when the audit
+trail is in trouble (spool failed or full, backlog above the threshold,
+shipping stalled): nothing unaudited should be served by a healthy-looking
+task. When every target fails (an S3 outage hits all tasks alike), an NLB
+routes to all of them anyway, so the service keeps answering while the spool
+holds the records. The container's own Docker health check only asks whether
+the process answers (see sidecar_audit/Dockerfile), so an audit problem never
+restarts vLLM with it. `verdict` is pure; `UpstreamProbe` does the I/O.
 """
 
 from __future__ import annotations

@@ -1,0 +1,131 @@
+"""Run the sidecar: one process, or several workers sharing the port with SO_REUSEPORT.
+
+With `WORKERS=1` (the default) the process serves itself. With more, the
+parent forks the workers before any event loop exists and only supervises:
+
+- every worker binds the same port with SO_REUSEPORT (the kernel spreads
+  connections), writes its own spool segments in the shared `AUDIT_SPOOL_DIR`
+  (segment names carry a per-process writer id; ownership is by flock, see
+  SPOOL.md) and ships any sealed or orphaned segment it finds there, so
+  changing the worker count never strands a record;
+- worker `i` serves Prometheus metrics on `METRICS_PORT + i`;
+- SIGTERM/SIGINT to the parent is passed to every worker, which drains as a
+  single process would; the parent exits with the highest worker exit code;
+- a worker that dies on its own (not during a stop) is started again after a
+  second, on the same spool directory, so the records it spooled are shipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import replace
+from types import FrameType
+
+from aiohttp import web
+
+from .app import EXIT_CODE, build_app
+from .config import Config
+
+log = logging.getLogger("sidecar_audit")
+
+RESTART_DELAY_S = 1.0
+
+
+def run_worker(config: Config, *, reuse_port: bool) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code (see __main__)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        uvloop = None
+    app = build_app(config)
+    web.run_app(
+        app,
+        host=config.listen_host,
+        port=config.listen_port,
+        reuse_port=reuse_port or None,
+        shutdown_timeout=config.shutdown_grace,
+        handler_cancellation=True,
+        access_log=None,
+        print=None,
+        backlog=1024,
+        loop=uvloop.new_event_loop() if uvloop else None,
+    )
+    return app[EXIT_CODE][0]
+
+
+def worker_config(config: Config, index: int) -> Config:
+    metrics_port = config.metrics_port + index if config.metrics_port else 0
+    return replace(config, metrics_port=metrics_port)
+
+
+class Supervisor:
+    """Forks the workers, forwards stop signals, restarts workers that die unasked."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._children: dict[int, int] = {}  # pid -> worker index
+        self._stopping = False
+        self._exit_code = 0
+
+    def run(self) -> int:
+        for index in range(self._config.workers):
+            self._spawn(index)
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        log.info(
+            "workers started",
+            extra={"workers": self._config.workers, "pids": sorted(self._children)},
+        )
+        while self._children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries wait()
+                continue
+            index = self._children.pop(pid, None)
+            if index is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if self._stopping:
+                self._exit_code = max(self._exit_code, code if code >= 0 else 1)
+            else:
+                log.error(
+                    "worker exited; starting it again",
+                    extra={"worker": index, "pid": pid, "exitCode": code},
+                )
+                time.sleep(RESTART_DELAY_S)
+                if not self._stopping:
+                    self._spawn(index)
+        return self._exit_code
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = run_worker(worker_config(self._config, index), reuse_port=True)
+            finally:
+                logging.shutdown()
+                sys.stdout.flush()
+                os._exit(code)
+        self._children[pid] = index
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        self._stopping = True
+        for pid in list(self._children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+
+def serve(config: Config) -> int:
+    if config.workers == 1:
+        return run_worker(config, reuse_port=False)
+    return Supervisor(config).run()
