@@ -8,6 +8,10 @@ folds it in; `result()` gives plain data for the audit record:
   complete calls (id, type and name from the first delta that has them,
   `arguments` concatenated), finish reason;
 - completion chunks (`text`): text and finish reason;
+- Responses API events (`/v1/responses`, `type: "response.…"`): output text,
+  reasoning text and function calls of all output items folded into choice 0,
+  the final status as finish reason, usage and model from the terminal
+  `response.completed` / `.incomplete` / `.failed` event;
 - the last non-null `usage`, the `model`, and a mid-stream `{"error": ...}`.
 
 Text is kept up to `max_chars` per field and choice; beyond that the field is
@@ -100,6 +104,10 @@ class StreamAssembler:
         if not isinstance(chunk, dict):
             self.invalid_events += 1
             return
+        kind = chunk.get("type")
+        if isinstance(kind, str) and kind.startswith("response."):
+            self._add_responses_event(kind, chunk)
+            return
         if "error" in chunk:
             self.error = chunk["error"]
         model = chunk.get("model")
@@ -145,6 +153,48 @@ class StreamAssembler:
             if text:
                 self.has_output = True
             self.truncated |= choice.text.add(text, cap)
+
+    def _add_responses_event(self, kind: str, event: dict[str, Any]) -> None:
+        choice = self._choices.get(0)
+        if choice is None:
+            choice = self._choices[0] = _Choice(0, is_chat=True)
+        delta = event.get("delta")
+        if kind == "response.output_text.delta" and isinstance(delta, str):
+            self.truncated |= choice.content.add(delta, self._cap)
+            self.has_output = True
+        elif kind == "response.reasoning_text.delta" and isinstance(delta, str):
+            self.truncated |= choice.reasoning.add(delta, self._cap)
+            self.has_output = True
+        elif kind in ("response.output_item.added", "response.function_call_arguments.delta"):
+            index = event.get("output_index")
+            item = event.get("item")
+            if not isinstance(index, int):
+                return
+            if isinstance(item, dict) and item.get("type") != "function_call":
+                return
+            if isinstance(item, dict):
+                call = {
+                    "index": index,
+                    "id": item.get("call_id"),
+                    "type": "function",
+                    "function": {"name": item.get("name")},
+                }
+                self._add_tool_call(choice, call)
+            elif isinstance(delta, str):
+                self._add_tool_call(choice, {"index": index, "function": {"arguments": delta}})
+        elif kind == "response.error" or kind == "error":
+            self.error = event.get("error", event)
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = event.get("response")
+            if isinstance(response, dict):
+                if isinstance(response.get("usage"), dict):
+                    self.usage = response["usage"]
+                if isinstance(response.get("model"), str):
+                    self.model = response["model"]
+                if isinstance(response.get("status"), str):
+                    choice.finish_reason = response["status"]
+                if response.get("error") is not None:
+                    self.error = response["error"]
 
     def _add_tool_call(self, choice: _Choice, raw: dict[str, Any]) -> None:
         index = raw.get("index", len(choice.tool_calls))

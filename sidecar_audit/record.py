@@ -137,7 +137,13 @@ def usage_view(usage: Any) -> dict[str, int | None] | None:
         value = usage.get(name)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    prompt, completion = count("prompt_tokens"), count("completion_tokens")
+    # Chat/completions name them prompt/completion; the Responses API input/output.
+    prompt = count("prompt_tokens")
+    if prompt is None:
+        prompt = count("input_tokens")
+    completion = count("completion_tokens")
+    if completion is None:
+        completion = count("output_tokens")
     total = count("total_tokens")
     if total is None and prompt is not None and completion is not None:
         total = prompt + completion

@@ -565,3 +565,22 @@ async def test_long_body_recorded_truncated_with_full_hash(standin_session, star
     assert record["request"]["bytes"] == len(body)
     assert record["request"]["sha256"] == hashlib.sha256(body).hexdigest()
     assert record["request"]["body"] == body[:300].decode()
+
+
+async def test_cors_preflight_needs_no_audit_headers(standin_session, sidecar) -> None:
+    standin_session.reset()
+    request_id = rid()
+    headers = {
+        "origin": "https://app.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "x-llm-user",
+        "x-request-id": request_id,
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.options(f"{sidecar.url}/v1/chat/completions", headers=headers) as response,
+    ):
+        assert response.status != 400
+    assert [r["method"] for r in standin_session.requests()] == ["OPTIONS"]
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["method"] == "OPTIONS" and record["outcome"] == "completed"

@@ -8,6 +8,7 @@ import pytest
 
 from sidecar_audit.capture import StreamCapture
 from sidecar_audit.reassembly import StreamAssembler
+from sidecar_audit.record import usage_view
 from sidecar_audit.sse import SSEDecoder
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -118,3 +119,26 @@ def test_capture_marks_first_output_token_time() -> None:
     view = capture.finish()
     assert view["bytes"] == len(raw)
     assert capture.assembler.result()[0]["content"] == "Sure — ünïcode ✓"
+
+
+def test_responses_api_stream() -> None:
+    a = assemble((FIXTURES / "responses_tool_reasoning.sse").read_bytes())
+    assert a.result() == [
+        {
+            "index": 0,
+            "content": "Rain in Bergen — as usual ☔",
+            "reasoningContent": "Hmm, weather.",
+            "toolCalls": [
+                {
+                    "index": 1,
+                    "id": "call_9",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Bergen"}'},
+                }
+            ],
+            "finishReason": "completed",
+        }
+    ]
+    assert a.usage is not None and a.usage["total_tokens"] == 33
+    assert usage_view(a.usage) == {"promptTokens": 11, "completionTokens": 22, "totalTokens": 33}
+    assert a.model == "qwen" and a.events == 11 and not a.done

@@ -22,8 +22,13 @@ def decode_all(pieces: list[bytes]) -> list[bytes]:
 
 
 def expected_payloads(raw: bytes) -> list[bytes]:
-    """The data payloads of a fixture, read the obvious way (fixtures use LF and one data line)."""
-    return [block[len(b"data: ") :] for block in raw.split(b"\n\n") if block.startswith(b"data: ")]
+    """The data payloads of a fixture, read the obvious way (LF, at most one data line)."""
+    payloads = []
+    for block in raw.split(b"\n\n"):
+        for line in block.split(b"\n"):
+            if line.startswith(b"data: "):
+                payloads.append(line[len(b"data: ") :])
+    return payloads
 
 
 @pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.name)
