@@ -68,9 +68,82 @@ def _inflate(data: bytes, encoding: str, limit: int) -> tuple[bytes, bool] | Non
     return out, False
 
 
+_TEXTUAL_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded", "+json")
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _is_binary(media_type: str) -> bool:
+    """A declared type whose bytes are not text (audio, images, octet streams)."""
+    if not media_type or "json" in media_type:
+        return False
+    return not any(media_type.startswith(t) or media_type.endswith(t) for t in _TEXTUAL_TYPES)
+
+
+def _boundary(content_type: str) -> bytes | None:
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary" and value:
+            return value.strip('"').encode("latin-1", "replace")
+    return None
+
+
+def _disposition(headers: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in headers.split(b"\r\n"):
+        name, _, value = line.decode("utf-8", "replace").partition(":")
+        key = name.strip().lower()
+        if key == "content-type":
+            out["contentType"] = value.strip()
+        elif key == "content-disposition":
+            for param in value.split(";")[1:]:
+                pkey, _, pvalue = param.strip().partition("=")
+                if pkey in ("name", "filename"):
+                    out[pkey] = pvalue.strip().strip('"')
+    return out
+
+
+def multipart_view(data: bytes, content_type: str) -> list[dict[str, Any]] | None:
+    """The parts of a multipart/form-data body: text fields with their value, files by size.
+
+    Works on a cut body too: a part without its closing boundary is marked
+    `incomplete`. Audio or image bytes never enter the record.
+    """
+    boundary = _boundary(content_type)
+    if boundary is None:
+        return None
+    parts: list[dict[str, Any]] = []
+    for chunk in data.split(b"--" + boundary)[1:]:
+        if chunk.startswith(b"--"):
+            break  # the closing delimiter
+        head, sep, body = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        part: dict[str, Any] = _disposition(head)
+        complete = body.endswith(b"\r\n")
+        body = body[:-2] if complete else body
+        if "filename" in part or _is_binary(_media_type(part.get("contentType"))):
+            part["bytes"] = len(body)
+        else:
+            part["value"] = body.decode("utf-8", "replace")
+        if not complete:
+            part["incomplete"] = True
+        parts.append(part)
+    return parts
+
+
 def _parsed(data: bytes, content_type: str | None, truncated: bool) -> Any:
-    """JSON when the bytes are whole JSON, else text, None when empty."""
+    """JSON when the bytes are whole JSON, multipart fields, text; None when empty or binary."""
     if not data:
+        return None
+    media_type = _media_type(content_type)
+    if media_type == "multipart/form-data":
+        parts = multipart_view(data, content_type or "")
+        if parts is not None:
+            return {"multipart": parts}
+    if _is_binary(media_type):
         return None
     looks_json = (content_type is not None and "json" in content_type.lower()) or (
         data.lstrip()[:1] in (b"{", b"[")
@@ -86,9 +159,11 @@ def _parsed(data: bytes, content_type: str | None, truncated: bool) -> Any:
 def body_view(facts: BodyFacts, limit: int) -> dict[str, Any]:
     """The record's view of a body: parsed JSON when it is JSON, else text; cut at `limit`.
 
-    A compressed body is inflated for the record (at most `limit` bytes); a
-    compressed body that was cut, or cannot be inflated, is recorded as null,
-    with its size and digest.
+    Multipart form data (audio uploads) keeps its text fields and the size of
+    each file; other binary types (audio, images, octet streams) are recorded
+    as null with their size and digest. A compressed body is inflated for the
+    record (at most `limit` bytes); one that was cut, or cannot be inflated, is
+    recorded as null, with its size and digest.
     """
     truncated = facts.size > limit
     head = facts.head[:limit]

@@ -283,3 +283,28 @@ def test_readme_lists_every_setting() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert describe_settings() in readme, "regenerate the table: python -m sidecar_audit --settings"
     assert len({s.env for s in SETTINGS}) == len(SETTINGS)
+
+
+def test_multipart_audio_upload_keeps_fields_not_audio() -> None:
+    audio = bytes(range(256)) * 40
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nMeeting notes \xc3\xbc\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        b"Content-Type: audio/wav\r\n\r\n" + audio + b"\r\n--XyZ--\r\n"
+    )
+    ctype = "multipart/form-data; boundary=XyZ"
+    view = facts(body, limit=100_000, ctype=ctype)
+    assert view["body"] == {
+        "multipart": [
+            {"name": "model", "value": "whisper"},
+            {"name": "prompt", "value": "Meeting notes ü"},
+            {"name": "file", "filename": "a.wav", "contentType": "audio/wav", "bytes": len(audio)},
+        ]
+    }
+    cut_view = facts(body, limit=300, ctype=ctype)
+    assert cut_view["truncated"] is True
+    parts = cut_view["body"]["multipart"]
+    assert parts[2]["incomplete"] is True and parts[2]["bytes"] < len(audio)
+    assert facts(audio, ctype="audio/wav")["body"] is None
+    assert facts(b"a=1&b=2", ctype="application/x-www-form-urlencoded")["body"] == "a=1&b=2"
