@@ -29,7 +29,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"host", "content-length", "x-request-id"}
+# Expect is answered by the sidecar itself (aiohttp sends 100 Continue); the body
+# goes upstream in one piece, so vLLM must not be asked to answer it again.
+_NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"host", "content-length", "x-request-id", "expect"}
 _NOT_FORWARDED_DOWNSTREAM = HOP_BY_HOP | {"content-length", "x-request-id"}
 
 

@@ -584,3 +584,25 @@ async def test_cors_preflight_needs_no_audit_headers(standin_session, sidecar) -
     assert [r["method"] for r in standin_session.requests()] == ["OPTIONS"]
     record = sidecar.wait_for_records([request_id]).by_id()[request_id]
     assert record["method"] == "OPTIONS" and record["outcome"] == "completed"
+
+
+def test_expect_100_continue_like_curl_sends_for_large_bodies(standin_session, sidecar) -> None:
+    standin_session.reset()
+    port = int(sidecar.url.rsplit(":", 1)[1])
+    body = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": "long " * 400}]})
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\nConnection: close\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in AUDIT_HEADERS.items())
+        + "\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        interim = s.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(body)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert "expect" not in {k.lower() for k in standin_session.requests()[-1]["headers"]}
