@@ -108,6 +108,7 @@ class Exchange:
                 sha256=hashlib.sha256(self.body).hexdigest(),
                 content_type=self.headers.get("content-type"),
                 content_encoding=self.headers.get("content-encoding"),
+                parsed=self.body_json,
             ),
             limit,
         )

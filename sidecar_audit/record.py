@@ -28,6 +28,7 @@ class BodyFacts:
     sha256: str
     content_type: str | None = None
     content_encoding: str | None = None
+    parsed: Any = None  # the whole body, already parsed as JSON by the caller, if it was
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,13 @@ def body_view(facts: BodyFacts, limit: int) -> dict[str, Any]:
                 "truncated": truncated,
             }
         head, truncated = inflated
+    elif facts.parsed is not None and not truncated:
+        return {
+            "body": facts.parsed,
+            "bytes": facts.size,
+            "sha256": facts.sha256,
+            "truncated": False,
+        }
     return {
         "body": _parsed(head, facts.content_type, truncated),
         "bytes": facts.size,
