@@ -7,12 +7,16 @@
   `tokens`, `keepalive_s`, `model`, `enable_request_id_headers`, `max_model_len`,
   `journal_size`); stopped when the test ends.
 
-Each yields a `Standin` with `.url`, `.requests(path=None)`, `.reset()`, `.stats()`.
+Each yields a `Standin` with `.url`, `.requests(path=None)`, `.reset()`, `.stats()`,
+and `.raw(method, path, body, headers)`: one request over a plain socket, answered as a
+`RawReply` with the status, the headers and the body exactly as sent on the wire
+(de-chunked, plus the list of HTTP chunk payloads — one per SSE event).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.parse
 import urllib.request
@@ -40,6 +44,59 @@ _FLAGS = {
 }
 
 
+@dataclass(frozen=True)
+class RawReply:
+    """An HTTP/1.1 response as it was on the wire."""
+
+    status: int
+    headers: dict[str, str]  # lower-case names; a repeated header keeps its last value
+    body: bytes  # de-chunked when the response was chunked
+    chunks: list[bytes]  # the HTTP chunk payloads; [] when not chunked
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _dechunk(rest: bytes) -> list[bytes]:
+    payloads: list[bytes] = []
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return payloads
+        payloads.append(rest[:size])
+        if rest[size : size + 2] != b"\r\n":
+            raise AssertionError(f"malformed chunk framing after {rest[:size]!r}")
+        rest = rest[size + 2 :]
+
+
+def raw_exchange(
+    url: str, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float
+) -> RawReply:
+    """Send one request with `Connection: close` and read the whole response."""
+    parts = urllib.parse.urlsplit(url)
+    lines = [f"{method} {path} HTTP/1.1", "Host: standin", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines.append("Connection: close")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        received = []
+        while data := sock.recv(65536):
+            received.append(data)
+    head, _, rest = b"".join(received).partition(b"\r\n\r\n")
+    status_line, *field_lines = head.decode("latin-1").split("\r\n")
+    fields = {}
+    for line in field_lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    status = int(status_line.split()[1])
+    if fields.get("transfer-encoding") == "chunked":
+        chunks = _dechunk(rest)
+        return RawReply(status, fields, b"".join(chunks), chunks)
+    return RawReply(status, fields, rest, [])
+
+
 @dataclass
 class Standin:
     """A running stand-in and the read-back of what it received."""
@@ -63,6 +120,21 @@ class Standin:
 
     def stats(self) -> dict[str, int]:
         return dict(self._call("GET", "/_standin/stats"))
+
+    def raw(
+        self,
+        method: str,
+        path: str,
+        body: bytes | object = b"",
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> RawReply:
+        """One request over a socket; a non-bytes `body` is sent as JSON."""
+        sent_headers = dict(headers or {})
+        if not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+            sent_headers.setdefault("Content-Type", "application/json")
+        return raw_exchange(self.url, method, path, body, sent_headers, timeout)
 
     def wait_for(
         self,

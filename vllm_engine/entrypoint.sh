@@ -10,6 +10,8 @@
 #                                  sidecar sends, so one id names the request end to end
 #   --shutdown-timeout             on SIGTERM, in-flight requests get this long to finish
 #                                  (same window as the sidecar's SHUTDOWN_GRACE_S)
+# Every flag must exist in the pinned release: vllm-<version>-flags.txt beside this
+# file lists what that `vllm serve` accepts (tests/deploy/test_vllm_flags.py checks).
 # `exec` makes vLLM the container's main process, so SIGTERM reaches it.
 # Every value can be overridden by the environment; VLLM_EXTRA_ARGS is appended
 # verbatim (word-split) for model-specific flags.

@@ -3,7 +3,8 @@ SageMaker ping/invocations, and the operator/dev routes (present so tests can pr
 proxy never forwards them; they answer like vLLM but change nothing).
 
 Invariants: `/tokenize` counts tokens exactly as the generation endpoints count prompt
-tokens; every JSON route checks the body like vLLM (`validate_json_request`).
+tokens; every JSON route checks the body like vLLM (`validate_json_request`, then the
+request model's validation, then the model name).
 """
 
 from __future__ import annotations
@@ -12,19 +13,22 @@ import hashlib
 import json
 import secrets
 import time
+from typing import cast
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from vllm_standin.bodies import chat_prompt, decode_json
+from vllm_standin.bodies import chat_prompt, decode_json, require_object
 from vllm_standin.chat import chat_completions
 from vllm_standin.completions import completions
 from vllm_standin.errors import (
     UNSUPPORTED_MEDIA_TYPE,
     ApiError,
+    FieldError,
     api_error,
     bad_request,
+    model_not_found,
     validation_error,
 )
 from vllm_standin.respond import send_bytes, send_error
@@ -85,9 +89,34 @@ async def _json_object(request: web.Request) -> dict[str, object] | ApiError:
     document = decode_json(await request.read(), request.headers.get("Content-Type"))
     if isinstance(document, ApiError):
         return document
-    if not isinstance(document, dict):
-        return bad_request("Request body must be a JSON object.")
-    return document
+    return require_object(document)
+
+
+def _unknown_model(request: web.Request, body: dict[str, object]) -> ApiError | None:
+    """`_check_model`: a named model other than the served one is a 404."""
+    model = body.get("model")
+    served = request.app[RUNTIME].options.model
+    if isinstance(model, str) and model and model != served:
+        return model_not_found(model, served)
+    return None
+
+
+def _tokenize_union_errors(body: dict[str, object]) -> ApiError:
+    """Neither member of `TokenizeCompletionRequest | TokenizeChatRequest` validated.
+
+    pydantic reports one error per member; the members' `function-wrap` location
+    markers are dropped from `loc` by vLLM's handler.
+    """
+    errors: list[FieldError | str] = []
+    for name, kind, msg, wanted in (
+        ("prompt", "string_type", "Input should be a valid string", str),
+        ("messages", "list_type", "Input should be a valid list", list),
+    ):
+        if name not in body:
+            errors.append(FieldError("missing", ("body", name), "Field required", body))
+        elif not isinstance(body[name], wanted):
+            errors.append(FieldError(kind, ("body", name), msg, body[name]))
+    return validation_error(errors)
 
 
 async def tokenize(request: web.Request) -> web.StreamResponse:
@@ -99,7 +128,10 @@ async def tokenize(request: web.Request) -> web.StreamResponse:
     elif isinstance(body.get("messages"), list):
         text = chat_prompt(body)
     else:
-        return await send_error(request, bad_request("Either prompt or messages must be provided."))
+        return await send_error(request, _tokenize_union_errors(body))
+    unknown = _unknown_model(request, body)
+    if unknown is not None:
+        return await send_error(request, unknown)
     ids = token_ids(text)
     strs = [WORDS[i % len(WORDS)] for i in ids] if body.get("return_token_strs") else None
     payload = {
@@ -115,12 +147,32 @@ async def detokenize_route(request: web.Request) -> web.StreamResponse:
     body = await _json_object(request)
     if isinstance(body, ApiError):
         return await send_error(request, body)
-    tokens = body.get("tokens")
-    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-        return await send_error(
-            request, bad_request("tokens must be a list of integers.", "tokens")
-        )
+    errors = _token_list_errors(body)
+    if errors:
+        return await send_error(request, validation_error(errors))
+    unknown = _unknown_model(request, body)
+    if unknown is not None:
+        return await send_error(request, unknown)
+    tokens = cast(list[int], body["tokens"])  # validated by _token_list_errors
     return await send_bytes(request, 200, orjson.dumps({"prompt": detokenize(tokens)}))
+
+
+def _token_list_errors(body: dict[str, object]) -> list[FieldError | str]:
+    """`DetokenizeRequest.tokens: list[Annotated[int, Field(ge=0)]]` validated."""
+    if "tokens" not in body:
+        return [FieldError("missing", ("body", "tokens"), "Field required", body)]
+    tokens = body["tokens"]
+    if not isinstance(tokens, list):
+        return [FieldError("list_type", ("body", "tokens"), "Input should be a valid list", tokens)]
+    errors: list[FieldError | str] = []
+    for i, token in enumerate(tokens):
+        loc = ("body", "tokens", i)
+        if isinstance(token, bool) or not isinstance(token, int):
+            errors.append(FieldError("int_type", loc, "Input should be a valid integer", token))
+        elif token < 0:
+            msg = "Input should be greater than or equal to 0"
+            errors.append(FieldError("greater_than_equal", loc, msg, token, {"ge": 0}))
+    return errors
 
 
 def _embedding(text: str) -> list[float]:
@@ -188,9 +240,9 @@ async def invocations(request: web.Request) -> web.StreamResponse:
         document = json.loads(await request.read())
     except ValueError as exc:
         return await send_error(request, api_error(f"JSON decode error: {exc}", "Bad Request", 400))
-    if isinstance(document, dict) and "messages" in document:
+    if isinstance(document, dict) and isinstance(document.get("messages"), list):
         return await chat_completions(request)
-    if isinstance(document, dict) and "prompt" in document:
+    if isinstance(document, dict) and document.get("prompt"):
         return await completions(request)
     message = (
         "Cannot find suitable handler for request. "

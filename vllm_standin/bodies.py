@@ -1,9 +1,16 @@
 """Request bodies: decode JSON the way FastAPI does and validate the fields vLLM would reject.
 
-Order of checks (FastAPI's, then vLLM's): JSON decode error → wrong content type →
-body schema (object, required fields, field types, `stream_options` without
-`stream`) → unknown model (404) → `n`/`max_tokens` limits. The first failure wins
-and is returned as an `ApiError`; nothing here raises for bad input.
+Order of checks (FastAPI's, then vLLM 0.33.0's): JSON decode error → wrong content
+type → body schema (object; the `mode="before"` model validators, which pydantic runs
+last-defined first — `stream_options` without `stream` for chat, the prompt check then
+`stream_options` for completions; required fields; field types) → unknown model (404)
+→ `TokenizeParams` (output tokens above the context, then a prompt longer than the
+context) → `SamplingParams` (`n` ≥ 1, then the effective `max_tokens` ≥ 1). The first
+failure wins and is returned as an `ApiError`; nothing here raises for bad input.
+
+`max_tokens` is clamped, not refused, when prompt + `max_tokens` exceeds the context
+(`get_max_tokens` takes the minimum with `max_model_len - prompt`); a chat request
+without a limit may generate up to the rest of the context.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from vllm_standin.errors import (
     ApiError,
     FieldError,
     api_error,
-    bad_request,
-    max_tokens_too_large,
+    max_tokens_above_context,
     model_not_found,
+    prompt_too_long,
     validation_error,
+    vllm_error_text,
+    vllm_validation_error,
 )
 from vllm_standin.vocab import prompt_token_count
 
@@ -83,7 +92,7 @@ def _python_json(raw: bytes) -> object | ApiError:
     return document
 
 
-def _object(body: object) -> dict[str, Any] | ApiError:
+def require_object(body: object) -> dict[str, Any] | ApiError:
     if isinstance(body, dict):
         return body
     return validation_error(
@@ -99,11 +108,14 @@ def _object(body: object) -> dict[str, Any] | ApiError:
 
 
 def _vllm_value_error(body: dict[str, Any], message: str, param: str) -> ApiError:
-    """A `VLLMValidationError` raised by a `mode="before"` model validator."""
+    """A `VLLMValidationError` raised by a `mode="before"` model validator.
+
+    pydantic's message is `"Value error, " + str(exc)`, which carries the
+    `(parameter=...)` suffix; `ctx` shows `repr(exc)`, which does not.
+    """
     ctx: dict[str, object] = {"error": _Repr(f"VLLMValidationError({message!r})")}
-    return validation_error(
-        [FieldError("value_error", ("body",), f"Value error, {message}", body, ctx, param)]
-    )
+    text = f"Value error, {vllm_error_text(message, param)}"
+    return validation_error([FieldError("value_error", ("body",), text, body, ctx, param)])
 
 
 def _int_field(body: dict[str, Any], name: str) -> int | ApiError | None:
@@ -156,7 +168,12 @@ def _tool_names(tools: object) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
-    """The parts of a chat or completion request the stand-in acts on."""
+    """The parts of a chat or completion request the stand-in acts on.
+
+    `max_tokens` holds, per prompt, the limit vLLM samples with (the requested one
+    clamped to what the context leaves); `request_id` is the body's `request_id`, if
+    it sent one.
+    """
 
     model: str
     prompts: tuple[str, ...]
@@ -165,8 +182,9 @@ class GenerateRequest:
     stream: bool
     include_usage: bool
     continuous_usage: bool
-    max_tokens: int | None
+    max_tokens: tuple[int, ...]
     tool_names: tuple[str, ...] = ()
+    request_id: str | None = None
 
     @property
     def seed_text(self) -> str:
@@ -183,6 +201,18 @@ class Limits:
     max_model_len: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """How one endpoint reads its limits: the output-token fields and their default."""
+
+    max_keys: tuple[str, ...]
+    default_max: int | None
+    token_prompts: bool = False  # prompts given as token ids: exact length in errors
+
+
+_CHAT = _Kind(("max_completion_tokens", "max_tokens"), None)
+
+
 def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
     options = body.get("stream_options")
     if not isinstance(options, dict):
@@ -191,65 +221,92 @@ def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
     return include, include and bool(options.get("continuous_usage_stats"))
 
 
-def _common(
-    body: dict[str, Any],
-    limits: Limits,
-    prompts: tuple[str, ...],
-    max_key: tuple[str, ...],
-    default_max: int | None,
-) -> GenerateRequest | ApiError:
-    stream = bool(body.get("stream"))
-    if body.get("stream_options") and not stream:
-        return _vllm_value_error(
-            body, "Stream options can only be defined when `stream=True`.", "stream_options"
-        )
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        return validation_error(
-            [FieldError("string_type", ("body", "model"), "Input should be a valid string", model)]
-        )
-    n = _int_field(body, "n")
-    if isinstance(n, ApiError):
-        return n
-    max_tokens: int | None = None
-    for key in max_key:
+def _stream_options_error(body: dict[str, Any]) -> ApiError | None:
+    if body.get("stream_options") and not body.get("stream"):
+        message = "Stream options can only be defined when `stream=True`."
+        return _vllm_value_error(body, message, "stream_options")
+    return None
+
+
+def _string_field(body: dict[str, Any], name: str) -> str | ApiError | None:
+    value = body.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    return validation_error(
+        [FieldError("string_type", ("body", name), "Input should be a valid string", value)]
+    )
+
+
+def _requested_max(body: dict[str, Any], kind: _Kind) -> tuple[str, int | None] | ApiError:
+    """The output-token limit the client asked for, and the field vLLM names in errors."""
+    for key in kind.max_keys:
         value = _int_field(body, key)
         if isinstance(value, ApiError):
             return value
         if value is not None:
-            max_tokens = value
-            break
-    if max_tokens is None:
-        max_tokens = default_max
+            return key, value
+    return kind.max_keys[-1], kind.default_max
+
+
+def _common(
+    body: dict[str, Any], limits: Limits, prompts: tuple[str, ...], kind: _Kind
+) -> GenerateRequest | ApiError:
+    model = _string_field(body, "model")
+    if isinstance(model, ApiError):
+        return model
+    request_id = _string_field(body, "request_id")
+    if isinstance(request_id, ApiError):
+        return request_id
+    n = _int_field(body, "n")
+    if isinstance(n, ApiError):
+        return n
+    requested = _requested_max(body, kind)
+    if isinstance(requested, ApiError):
+        return requested
     if model and model != limits.served_model:
-        return model_not_found(model)
+        return model_not_found(model, limits.served_model)
+    max_key, max_tokens = requested
+    context = limits.max_model_len
+    if max_tokens is not None and max_tokens > context:
+        return max_tokens_above_context(max_key, max_tokens, context)
     counts = tuple(prompt_token_count(prompt) for prompt in prompts)
+    for count in counts:
+        if count > context:
+            reported = count if kind.token_prompts else context + 1
+            return prompt_too_long(reported, context, at_least=not kind.token_prompts)
     if n is not None and n < 1:
-        return bad_request(f"n must be at least 1, got {n}.", "n")
-    if max_tokens is not None:
-        if max_tokens < 1:
-            return bad_request(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
-        if max(counts) + max_tokens > limits.max_model_len:
-            return max_tokens_too_large(max_tokens, limits.max_model_len, max(counts))
+        return vllm_validation_error(f"n must be at least 1, got {n}.")
+    effective = tuple(
+        context - count if max_tokens is None else min(max_tokens, context - count)
+        for count in counts
+    )
+    for value in effective:
+        if value < 1:
+            message = f"max_tokens must be at least 1, got {value}."
+            return vllm_validation_error(message, "max_tokens", value)
     include_usage, continuous = _stream_options(body)
     return GenerateRequest(
         model=limits.served_model,
         prompts=prompts,
         prompt_tokens=counts,
         n=1 if n is None else n,
-        stream=stream,
+        stream=bool(body.get("stream")),
         include_usage=include_usage,
         continuous_usage=continuous,
-        max_tokens=max_tokens,
+        max_tokens=effective,
         tool_names=_tool_names(body.get("tools")),
+        request_id=request_id,
     )
 
 
 def parse_chat(document: object, limits: Limits) -> GenerateRequest | ApiError:
     """A chat request (`messages` is required), or vLLM's error for it."""
-    body = _object(document)
+    body = require_object(document)
     if isinstance(body, ApiError):
         return body
+    error = _stream_options_error(body)
+    if error is not None:
+        return error
     messages = body.get("messages", _MISSING)
     if messages is _MISSING:
         return validation_error(
@@ -264,19 +321,20 @@ def parse_chat(document: object, limits: Limits) -> GenerateRequest | ApiError:
             ]
         )
     prompt = "\n".join(_message_text(message) for message in messages)
-    return _common(body, limits, (prompt,), ("max_completion_tokens", "max_tokens"), None)
+    return _common(body, limits, (prompt,), _CHAT)
 
 
-def _prompts(prompt: object) -> tuple[str, ...] | None:
+def _prompts(prompt: object) -> tuple[tuple[str, ...], bool] | None:
+    """The prompt texts, and whether they were given as token ids."""
     if isinstance(prompt, str):
-        return (prompt,) if prompt else None
+        return ((prompt,), False) if prompt else None
     if isinstance(prompt, list) and prompt:
         if all(isinstance(item, int) for item in prompt):
-            return (" ".join(str(item) for item in prompt),)
+            return (" ".join(str(item) for item in prompt),), True
         if all(isinstance(item, str) for item in prompt):
-            return tuple(prompt)
+            return tuple(prompt), False
         if all(isinstance(item, list) for item in prompt):
-            return tuple(" ".join(str(token) for token in item) for item in prompt)
+            return tuple(" ".join(str(token) for token in item) for item in prompt), True
     return None
 
 
@@ -285,14 +343,19 @@ COMPLETION_DEFAULT_MAX_TOKENS = 16  # vLLM's CompletionRequest.max_tokens defaul
 
 def parse_completion(document: object, limits: Limits) -> GenerateRequest | ApiError:
     """A completion request (`prompt` is required), or vLLM's error for it."""
-    body = _object(document)
+    body = require_object(document)
     if isinstance(body, ApiError):
         return body
-    prompts = _prompts(body.get("prompt"))
-    if prompts is None:
+    parsed = _prompts(body.get("prompt"))
+    if parsed is None:
         message = "Either prompt or prompt_embeds must be provided and non-empty."
         return _vllm_value_error(body, message, "prompt")
-    return _common(body, limits, prompts, ("max_tokens",), COMPLETION_DEFAULT_MAX_TOKENS)
+    error = _stream_options_error(body)
+    if error is not None:
+        return error
+    prompts, token_prompts = parsed
+    kind = _Kind(("max_tokens",), COMPLETION_DEFAULT_MAX_TOKENS, token_prompts)
+    return _common(body, limits, prompts, kind)
 
 
 def chat_prompt(document: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ def _shape(accepted: Accepted) -> Shape:
 def _head(request: web.Request, accepted: Accepted, shape: Shape) -> StreamHead:
     parsed = accepted.request
     return StreamHead(
-        request_id=f"chatcmpl-{base_request_id(request)}",
+        request_id=f"chatcmpl-{base_request_id(request, parsed.request_id)}",
         created=created_now(accepted.controls.created),
         model=parsed.model,
         fingerprint=accepted.runtime.fingerprint,
@@ -51,7 +51,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return accepted
     parsed, controls = accepted.request, accepted.controls
     shape = _shape(accepted)
-    plans = plan_choices(parsed.seed_text, parsed.n, shape, parsed.max_tokens)
+    plans = plan_choices(parsed.seed_text, parsed.n, shape, parsed.max_tokens[0])
     head = _head(request, accepted, shape)
     pace = accepted.pace
     if parsed.stream:

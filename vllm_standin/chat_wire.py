@@ -1,11 +1,13 @@
-"""Chat completion bytes exactly as vLLM serialises them (see WIRE_FORMAT.md).
+"""Chat completion bytes exactly as vLLM 0.33.0 serialises them (see WIRE_FORMAT.md).
 
 Stream events are `data: <json>\\n\\n` built by concatenating pre-encoded pieces: the
 per-choice prefix (id, object, created, model, index) and the constant suffix are
 encoded once per request, so a token event costs one `orjson.dumps` of its text and
 one `bytes.join`. Key order and present/absent keys follow vLLM's pydantic models
-dumped with `exclude_unset=True` (streams) or in full (non-streamed bodies).
-Pure functions and value objects only.
+dumped with `exclude_unset=True` (streams) or in full (non-streamed bodies): every
+token and terminal chunk ends with `"kv_transfer_params":null` (passed explicitly by
+the server), the terminal choice carries `"weight_versions":null`, and the role chunk
+carries neither. Pure functions and value objects only.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from dataclasses import dataclass
 
 import orjson
 
+from vllm_standin.errors import chat_error_event
 from vllm_standin.plan import ChoicePlan, Kind, Step
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
 
 _OPEN_SUFFIX = b',"logprobs":null,"finish_reason":null,"token_ids":null}]'
+_FINAL_SUFFIX = b',"stop_reason":null,"token_ids":null,"weight_versions":null}]'
+_KV_END = b',"kv_transfer_params":null}\n\n'
 _ROLE_DELTA = b'{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
 _EOS_PLAIN = b'{"content":""}'
 _EOS_PARSED = b"{}"
@@ -63,6 +68,8 @@ def delta_json(step: Step, *, parser: bool) -> bytes:
         return b'{"content":' + orjson.dumps(step.text) + b"}"
     if kind is Kind.REASONING:
         return b'{"reasoning":' + orjson.dumps(step.text) + b"}"
+    # Tool parsers (hermes) build `DeltaMessage(content=..., tool_calls=...)` with the
+    # content explicitly None, so it is serialised as null.
     if kind is Kind.TOOL_START:
         call = {
             "id": step.call_id,
@@ -70,10 +77,10 @@ def delta_json(step: Step, *, parser: bool) -> bytes:
             "index": step.call_index,
             "function": {"name": step.text},
         }
-        return orjson.dumps({"tool_calls": [call]})
+        return orjson.dumps({"content": None, "tool_calls": [call]})
     if kind is Kind.TOOL_ARGS:
         call = {"index": step.call_index, "function": {"arguments": step.text}}
-        return orjson.dumps({"tool_calls": [call]})
+        return orjson.dumps({"content": None, "tool_calls": [call]})
     return _EOS_PARSED if parser else _EOS_PLAIN
 
 
@@ -125,7 +132,7 @@ class ChatStream:
                 delta_json(step, parser=self._head.parser),
                 _OPEN_SUFFIX,
                 self._continuous(completion, reasoning),
-                b"}\n\n",
+                _KV_END,
             )
         )
 
@@ -139,10 +146,10 @@ class ChatStream:
                 delta_json(step, parser=head.parser),
                 b',"logprobs":null,"finish_reason":',
                 finish,
-                b',"stop_reason":null,"token_ids":null}]',
+                _FINAL_SUFFIX,
                 self._continuous(plan.completion_tokens, plan.reasoning_tokens),
                 b"" if head.include_usage else self._fingerprint,
-                b"}\n\n",
+                _KV_END,
             )
         )
 
@@ -162,6 +169,10 @@ class ChatStream:
 
     def closing(self, plans: Sequence[ChoicePlan]) -> list[bytes]:
         return [self.usage(plans)] if self._head.include_usage else []
+
+    def error_event(self, message: str, err_type: str, code: int) -> bytes:
+        """The in-stream error: the yielded `ErrorResponse`, `model_dump_json()`."""
+        return chat_error_event(message, err_type, code)
 
     def usage(self, plans: Sequence[ChoicePlan]) -> bytes:
         """The trailing `"choices":[]` usage event (`stream_options.include_usage`)."""
@@ -219,6 +230,7 @@ def completion_body(head: StreamHead, plans: list[ChoicePlan]) -> bytes:
                     "stop_reason": None,
                     "token_ids": None,
                     "routed_experts": None,
+                    "weight_versions": None,
                 }
                 for plan in plans
             ],

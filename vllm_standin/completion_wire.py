@@ -1,9 +1,11 @@
-"""Legacy completion (`text_completion`) bytes exactly as vLLM serialises them.
+"""Legacy completion (`text_completion`) bytes exactly as vLLM 0.33.0 serialises them.
 
 Stream chunks are `CompletionStreamResponse.model_dump_json(exclude_unset=True)`: no
-role chunk, one choice per event, all choice fields present; the usage event is
-dumped with `exclude_none=True`. Choice `index` is `output_index + prompt_index * n`.
-Pre-encoded prefixes keep the per-token cost to one `orjson.dumps` and one join.
+role chunk, one choice per event, every choice field passed explicitly (so
+`"weight_versions":null` on every chunk) and `"kv_transfer_params":null` last; the
+usage event is dumped with `exclude_unset=False, exclude_none=True`. Choice `index`
+is `output_index + prompt_index * n`. Pre-encoded prefixes keep the per-token cost
+to one `orjson.dumps` and one join.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from dataclasses import dataclass
 
 import orjson
 
+from vllm_standin.errors import completion_error_event
 from vllm_standin.plan import ChoicePlan, Kind, Step
 
 _OPEN_SUFFIX = (
     b',"logprobs":null,"finish_reason":null,"stop_reason":null,'
-    b'"prompt_token_ids":null,"token_ids":null}]'
+    b'"prompt_token_ids":null,"token_ids":null,"weight_versions":null}]'
 )
+_FINAL_SUFFIX = (
+    b',"stop_reason":null,"prompt_token_ids":null,"token_ids":null,"weight_versions":null}]'
+)
+_KV_END = b',"kv_transfer_params":null}\n\n'
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +92,7 @@ class CompletionStream:
                 orjson.dumps(step_text(step)),
                 _OPEN_SUFFIX,
                 self._continuous(index, completion),
-                b"}\n\n",
+                _KV_END,
             )
         )
 
@@ -97,10 +104,10 @@ class CompletionStream:
                 orjson.dumps(step_text(step)),
                 b',"logprobs":null,"finish_reason":',
                 orjson.dumps(plan.finish_reason),
-                b',"stop_reason":null,"prompt_token_ids":null,"token_ids":null}]',
+                _FINAL_SUFFIX,
                 self._continuous(index, plan.completion_tokens),
                 b"" if head.include_usage else self._fingerprint,
-                b"}\n\n",
+                _KV_END,
             )
         )
 
@@ -115,6 +122,10 @@ class CompletionStream:
 
     def closing(self, plans: Sequence[ChoicePlan]) -> list[bytes]:
         return [self.usage(plans)] if self._head.include_usage else []
+
+    def error_event(self, message: str, err_type: str, code: int) -> bytes:
+        """The in-stream error: `create_streaming_error_response`, i.e. `json.dumps`."""
+        return completion_error_event(message, err_type, code)
 
     def usage(self, plans: Sequence[ChoicePlan]) -> bytes:
         prompt = sum(self._head.prompt_tokens)
@@ -145,6 +156,7 @@ def completion_body(head: CompletionHead, plans: list[ChoicePlan]) -> bytes:
                     "prompt_logprobs": None,
                     "prompt_token_ids": None,
                     "routed_experts": None,
+                    "weight_versions": None,
                 }
                 for plan in plans
             ],

@@ -27,7 +27,7 @@ def _plans(accepted: Accepted) -> list[ChoicePlan]:
     shape = Shape(accepted.content_tokens)
     return [
         dataclasses.replace(
-            plan_choice(prompt, choice, shape, parsed.max_tokens),
+            plan_choice(prompt, choice, shape, parsed.max_tokens[prompt_index]),
             index=choice + prompt_index * parsed.n,
         )
         for prompt_index, prompt in enumerate(parsed.prompts)
@@ -42,7 +42,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     parsed, controls = accepted.request, accepted.controls
     plans = _plans(accepted)
     head = CompletionHead(
-        request_id=f"cmpl-{base_request_id(request)}",
+        request_id=f"cmpl-{base_request_id(request, parsed.request_id)}",
         created=created_now(controls.created),
         model=parsed.model,
         fingerprint=accepted.runtime.fingerprint,

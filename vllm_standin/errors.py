@@ -1,10 +1,13 @@
 """vLLM's error bodies, byte for byte: the `ErrorResponse` JSON, request-validation
-messages, FastAPI's `{"detail": ...}` and the in-stream error event.
+messages, FastAPI's `{"detail": ...}` and the in-stream error events.
 
 Invariants: JSON bodies are compact with UTF-8 unescaped (Starlette `JSONResponse`);
-the in-stream error event is `json.dumps` with its defaults (spaces, ASCII escapes),
-because that is what vLLM's `create_streaming_error_response` uses. Key order is
-always message, type, param, code.
+key order is always message, type, param, code. The in-stream error event differs by
+endpoint, as in vLLM 0.33.0: chat streams yield the `ErrorResponse` and serialise it
+with pydantic's `model_dump_json()` (compact), completion streams use
+`create_streaming_error_response`, i.e. `json.dumps` with its defaults (spaces, ASCII
+escapes). A `VLLMValidationError` reaches clients through `str(exc)`, which appends
+`(parameter=..., value=...)` to the message (`vllm_error_text`).
 """
 
 from __future__ import annotations
@@ -44,50 +47,95 @@ def bad_request(message: str, param: str | None = None) -> ApiError:
     return api_error(message, "BadRequestError", HTTPStatus.BAD_REQUEST, param)
 
 
-def model_not_found(model: str) -> ApiError:
-    return api_error(
-        f"The model `{model}` does not exist.", "NotFoundError", HTTPStatus.NOT_FOUND, "model"
+def vllm_error_text(message: str, parameter: str | None = None, value: object = None) -> str:
+    """`str()` of a `VLLMValidationError`: the message plus `(parameter=..., value=...)`."""
+    extras = []
+    if parameter is not None:
+        extras.append(f"parameter={parameter}")
+    if value is not None:
+        extras.append(f"value={value}")
+    return f"{message} ({', '.join(extras)})" if extras else message
+
+
+def vllm_validation_error(
+    message: str, parameter: str | None = None, value: object = None
+) -> ApiError:
+    """A `VLLMValidationError` raised while serving, as `create_error_response` maps it."""
+    return bad_request(vllm_error_text(message, parameter, value), parameter)
+
+
+def model_not_found(model: str, served_model: str) -> ApiError:
+    """`_check_model`'s answer for a model name the server does not serve."""
+    message = f"The model `{model}` does not exist. Valid aliases: {served_model}."
+    return api_error(message, "NotFoundError", HTTPStatus.NOT_FOUND, "model")
+
+
+def max_tokens_above_context(param: str, max_tokens: int, max_model_len: int) -> ApiError:
+    """`TokenizeParams`: more output tokens requested than the whole context holds."""
+    return vllm_validation_error(
+        f"{param}={max_tokens} cannot be greater than max_model_len={max_model_len}. "
+        "Please request fewer output tokens.",
+        param,
+        max_tokens,
     )
 
 
-def max_tokens_too_large(max_tokens: int, max_model_len: int, prompt_tokens: int) -> ApiError:
-    return bad_request(
-        "'max_tokens' or 'max_completion_tokens' is too large: "
-        f"{max_tokens}. This model's maximum context length is {max_model_len} tokens "
-        f"and your request has {prompt_tokens} input tokens ({max_tokens} > "
-        f"{max_model_len} - {prompt_tokens}).",
-        "max_tokens",
+def prompt_too_long(reported_tokens: int, max_model_len: int, *, at_least: bool) -> ApiError:
+    """`TokenizeParams._token_len_check`: the prompt alone exceeds the context.
+
+    Text prompts are tokenized with truncation at `max_model_len + 1`, so vLLM can only
+    say "at least" that many; token-id prompts report their exact length.
+    """
+    qualifier = "at least " if at_least else ""
+    return vllm_validation_error(
+        f"This model's maximum context length is {max_model_len} tokens. However, your "
+        f"prompt contains {qualifier}{reported_tokens} input tokens, which exceeds this "
+        "limit even without any output tokens. Please reduce the length of the input "
+        "prompt.",
+        "input_tokens",
+        reported_tokens,
     )
 
 
-_SCENARIO_ERRORS: dict[int, tuple[str, str]] = {
-    400: ("BadRequestError", ""),
-    404: ("NotFoundError", ""),
-    500: ("InternalServerError", "Internal server error"),
-    501: ("NotImplementedError", "Not implemented"),
-    503: ("Service Unavailable", "The server is not ready"),
-}
+QUEUE_OVERFLOW = (
+    "The engine is currently busy and cannot accept new requests. "
+    "Please try again later or on a different instance."
+)
 
 
-def scenario_error(status: int, model: str, prompt_tokens: int, max_model_len: int) -> ApiError:
-    """The error the `http_error` scenario sends: a realistic vLLM error for `status`."""
+def scenario_error(status: int, model: str, max_model_len: int, api: str) -> ApiError:
+    """The error the `http_error` scenario sends: a realistic vLLM error for `status`.
+
+    `api` names the endpoint as vLLM's "does not support" message does
+    (`Chat Completions` or `Completions`).
+    """
     if status == HTTPStatus.BAD_REQUEST:
-        return max_tokens_too_large(max_model_len + 1, max_model_len, prompt_tokens)
+        return max_tokens_above_context("max_tokens", max_model_len + 1, max_model_len)
     if status == HTTPStatus.NOT_FOUND:
-        return model_not_found(model)
-    err_type, message = _SCENARIO_ERRORS[status]
-    return api_error(message, err_type, status)
+        return model_not_found(f"{model}-unknown", model)
+    if status == HTTPStatus.INTERNAL_SERVER_ERROR:
+        return api_error("Internal server error", "InternalServerError", status)
+    if status == HTTPStatus.NOT_IMPLEMENTED:
+        message = f"The model does not support {api} API"
+        return api_error(message, "NotImplementedError", status)
+    # QueueOverflowError, a GracefulHTTPError: the type is the HTTP phrase.
+    return api_error(QUEUE_OVERFLOW, HTTPStatus(status).phrase, status)
 
 
-def streaming_error_event(message: str, err_type: str, code: int) -> bytes:
-    """The `data:` event vLLM sends when a stream fails after its 200 went out."""
+def chat_error_event(message: str, err_type: str, code: int) -> bytes:
+    """The event a chat stream sends when it fails after its 200 went out (compact JSON)."""
+    payload = orjson.dumps({"error": error_info(message, err_type, code)})
+    return b"data: " + payload + b"\n\n"
+
+
+def completion_error_event(message: str, err_type: str, code: int) -> bytes:
+    """The same for a completion stream: `json.dumps` with its default separators."""
     payload = json.dumps({"error": error_info(message, err_type, code)})
     return f"data: {payload}\n\n".encode()
 
 
-def generation_error_event() -> bytes:
-    """`GenerationError` (engine `finish_reason == "error"`) as a stream event."""
-    return streaming_error_event("Internal server error", "InternalServerError", 500)
+GENERATION_ERROR = ("Internal server error", "InternalServerError", 500)
+"""`GenerationError` (engine `finish_reason == "error"`): message, type, code."""
 
 
 def detail_body(detail: str) -> bytes:

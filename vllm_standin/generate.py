@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vllm_standin.chat_wire import DONE, KEEPALIVE_COMMENT
-from vllm_standin.errors import generation_error_event
+from vllm_standin.errors import GENERATION_ERROR
 from vllm_standin.plan import ChoicePlan
 from vllm_standin.respond import SseOut
 from vllm_standin.scenarios import Controls
@@ -35,6 +35,8 @@ class StreamEncoder(Protocol):
     def event(self, plan: ChoicePlan, position: int) -> bytes: ...
 
     def closing(self, plans: Sequence[ChoicePlan]) -> list[bytes]: ...
+
+    def error_event(self, message: str, err_type: str, code: int) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,7 @@ class PacedStream:
         if position == self._cut:
             if self._stall:
                 return None
-            out.data(generation_error_event())
+            out.data(self._encoder.error_event(*GENERATION_ERROR))
             out.data(DONE)
             return False
         if position == 0:

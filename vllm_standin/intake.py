@@ -59,9 +59,9 @@ async def accept(request: web.Request, parse: Parser) -> Accepted | web.StreamRe
     if isinstance(parsed, ApiError):
         return await send_error(request, parsed)
     if controls.has("http_error"):
-        limits = runtime.limits
+        api = "Chat Completions" if request.path.endswith("/chat/completions") else "Completions"
         error = scenario_error(
-            controls.error_status, parsed.model, parsed.total_prompt_tokens, limits.max_model_len
+            controls.error_status, parsed.model, runtime.limits.max_model_len, api
         )
         return await send_error(request, error)
     return Accepted(runtime, entry, controls, parsed)

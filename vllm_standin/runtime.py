@@ -41,10 +41,13 @@ RUNTIME = web.AppKey("standin_runtime", Runtime)
 ENTRY = web.RequestKey("standin_entry", Entry)
 
 
-def base_request_id(request: web.Request) -> str:
-    """vLLM's `_base_request_id`: the X-Request-Id header verbatim, else 16 random hex."""
+def base_request_id(request: web.Request, body_id: str | None = None) -> str:
+    """vLLM's `_base_request_id`: the X-Request-Id header verbatim, else the body's
+    `request_id` (chat and completion requests), else 16 random hex (`random_uuid()`)."""
     header = request.headers.get("X-Request-Id")
-    return header if header is not None else secrets.token_hex(8)
+    if header is not None:
+        return header
+    return body_id if body_id is not None else secrets.token_hex(8)
 
 
 def created_now(pinned: int | None) -> int:

@@ -12,8 +12,10 @@
 - `stall_midstream`: after `x-standin-error-after` tokens the stream goes silent forever.
 - `keepalive_comments`: a `: keep-alive` SSE comment before every token event after
   the first.
-- `http_error`: an error response in vLLM's shape, status `x-standin-error-status`
-  (400 default, 404, 500, 501, 503).
+- `http_error`: an error response in vLLM's shape, status `x-standin-error-status`:
+  400 (default; `max_tokens` above the context), 404 (an unknown model), 500
+  (`GenerationError`), 501 (the API is not supported), 503 (the engine's request
+  queue is full).
 - `hang`: the request is read and never answered.
 - `slow_first_token`: time to first token from `x-standin-ttft-ms` (default 2000 ms).
 - `gzip`: a non-streamed body is gzip-compressed with `content-encoding: gzip`.
