@@ -365,10 +365,19 @@ class Spool:
             raise self._write_error(exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            # A recovery pass grabbed the brand-new file first; it will delete it as empty.
+            # A recovery pass (ours on the spool thread, or a neighbour's) may have locked
+            # the brand-new file between our open and our flock, found it empty, deleted it
+            # and let go: the lock is then ours, but on an inode no name points to.
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                raise FileNotFoundError(errno.ENOENT, "deleted by a recovery pass", str(path))
+        except (BlockingIOError, FileNotFoundError):
+            # The pass holds it (it will delete it as empty) or already did: next number.
             os.close(fd)
             return None
+        except OSError as exc:
+            os.close(fd)
+            self._write_errors += 1
+            raise self._write_error(exc) from exc
         return _Writer(path, fd, stem, created_us)
 
     def _write_frame(self, writer: _Writer, frame: bytes) -> None:

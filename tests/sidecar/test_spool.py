@@ -514,3 +514,37 @@ async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition never became true"
         await asyncio.sleep(0.01)
+
+
+async def test_a_recovery_pass_racing_a_new_segment_never_strands_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass that locks, deletes and releases a brand-new (empty) segment file between
+    the writer's open and its flock must not leave the writer on the deleted inode."""
+    import fcntl
+    from types import SimpleNamespace
+
+    import sidecar_audit.spool as spool_module
+    from sidecar_audit.spool_recovery import recover_directory
+
+    spool = Spool(tmp_path, fsync_interval_s=3600, segment_max_age_s=3600)
+    await spool.open()
+    raced: list[Path] = []
+
+    def flock_after_a_pass(fd: int, op: int) -> None:
+        if not raced:
+            raced.extend(files(tmp_path, ".open"))
+            recover_directory(tmp_path, tmp_path / "quarantine", verify_sealed=False)
+        fcntl.flock(fd, op)
+
+    monkeypatch.setattr(
+        spool_module, "fcntl", SimpleNamespace(**{**vars(fcntl), "flock": flock_after_a_pass})
+    )
+    for i in range(3):
+        spool.append(payload(i), T0)
+    monkeypatch.undo()
+    assert raced, "the pass never ran between open and flock"
+    assert not raced[0].exists(), "the pass did not delete the empty file it raced"
+    await spool.close()
+    assert spool.failed is None
+    assert await spooled_payloads(tmp_path) == [payload(i) for i in range(3)]
