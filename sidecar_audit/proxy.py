@@ -6,9 +6,16 @@ Invariants:
   which is removed (see `sse.UsageChunkFilter`).
 - The capture sees each upstream chunk once, after it was written.
 - Exactly one audit record per request, built when the exchange ends, whether
-  it completed, was rejected, failed upstream or lost its client
-  (`Exchange.finish` runs in `finally`, synchronously, so even a cancelled
-  handler records).
+  it completed, was rejected, failed upstream or lost its client (`_finish`
+  runs in `finally` at the latest, synchronously, so even a cancelled handler
+  records).
+- A client never holds a complete answer whose record is not spooled: the
+  record is appended before the bytes that complete the answer leave — the
+  SSE chunk carrying `data: [DONE]`, the last bytes of a body of known length,
+  the end of a chunked body. Those bytes follow the upstream's end of stream,
+  so holding them back costs the client nothing. (If the client then fails to
+  take them, the record still says `completed`: it got the whole answer but
+  its last bytes.)
 - No total timeout: connect and read-idle timeouts only.
 - A client that goes away closes the upstream connection, so vLLM aborts the
   generation.
@@ -51,6 +58,7 @@ from .sse import UsageChunkFilter
 # Headers aiohttp's client would add on its own; the client's own (or none) go upstream instead.
 _NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _READ_SIZE = 64 * 1024
+_DONE_EVENT = b"data: [DONE]\n\n"
 
 
 @dataclass
@@ -92,6 +100,7 @@ class Exchange:
         self.content_type: str | None = None
         self.content_encoding: str | None = None
         self.upstream_started: float | None = None
+        self.finished = False
 
     def fail(self, err: errors.ProxyError) -> None:
         self.outcome = err.outcome
@@ -216,8 +225,8 @@ class Proxy:
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        ex = Exchange(request, loop.time)
+        # perf_counter, not loop.time(): uvloop's clock counts whole milliseconds.
+        ex = Exchange(request, time.perf_counter)
         try:
             return await self._exchange(request, ex)
         except asyncio.CancelledError:
@@ -236,7 +245,13 @@ class Proxy:
                 }
             raise
         finally:
-            self._on_finished(ex.build(self._config, self._identity))
+            if not ex.finished:
+                self._finish(ex)
+
+    def _finish(self, ex: Exchange) -> None:
+        """Build the record and hand it over (the spool append happens here); once."""
+        ex.finished = True
+        self._on_finished(ex.build(self._config, self._identity))
 
     async def _exchange(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         try:
@@ -346,17 +361,33 @@ class Proxy:
         ex.capture = capture
         usage_filter = UsageChunkFilter() if strip_usage and is_sse else None
         feed = capture.feed
+        # Bytes that complete the answer wait for the record (module docstring).
+        length = None if is_sse else upstream.content_length
+        received = 0
+        held = b""
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
                 out = usage_filter.feed(chunk) if usage_filter is not None else chunk
+                if held:  # more bytes after what looked like the end: not the end
+                    await response.write(held)
+                    held = b""
                 if out:
-                    await response.write(out)
+                    if is_sse:
+                        completes = out.endswith(_DONE_EVENT)
+                    else:
+                        received += len(out)
+                        completes = length is not None and received >= length
+                    if completes:
+                        held = out
+                    else:
+                        await response.write(out)
                 feed(chunk)
             if usage_filter is not None:
-                tail = usage_filter.flush()
-                if tail:
-                    await response.write(tail)
+                held += usage_filter.flush()
+            self._finish(ex)
+            if held:
+                await response.write(held)
         except ConnectionResetError:
             ex.outcome = errors.CLIENT_DISCONNECTED
             ex.error = {
