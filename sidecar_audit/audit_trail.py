@@ -115,8 +115,8 @@ class AuditTrail:
         """Append the exchange's record to the spool; never raises."""
         try:
             self._spool.append(encode_record(done.record), done.started_at)
-        except SpoolFull:
-            self._drop(done, "spool full")
+        except SpoolFull as exc:
+            self._drop(done, f"spool full: {exc}")  # says why: the spool's limit or ENOSPC
             return
         except SpoolError as exc:
             self._drop(done, f"spool error: {exc}")
@@ -124,7 +124,9 @@ class AuditTrail:
                 self._fatal_reported = True
                 self._on_fatal(self._spool.failed)
             return
-        if self._full_since is not None:
+        # A small record may fit while the spool still counts as full (a refusal stands
+        # until shipping frees room): "accepts again" only once it really does.
+        if self._full_since is not None and not self._spool.is_full():
             log.warning(
                 "audit spool accepts records again",
                 extra={

@@ -1,7 +1,13 @@
-"""The sidecar under test as a real process (`python -m sidecar_audit`), wired to real servers."""
+"""The sidecar under test as a real process (`python -m sidecar_audit`), wired to real servers.
+
+`start_sidecar(upstream_url, spool_dir=None, **settings)` starts one; a `Sidecar`
+can then be killed (SIGKILL), stopped (SIGTERM) and restarted on the same port,
+bucket and spool directory, as ECS would start the next task on the same volume.
+"""
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +31,7 @@ class Sidecar:
     env: dict[str, str]
     moto_url: str
     log_dir: Path
-    restarts: list[Proc] = field(default_factory=list)
+    earlier: list[Proc] = field(default_factory=list)  # processes replaced by restart()
 
     def audit(self) -> AuditObjects:
         return read_audit(self.moto_url, self.bucket)
@@ -35,6 +41,31 @@ class Sidecar:
 
     def log_lines(self) -> list[str]:
         return self.proc.log().splitlines()
+
+    def all_log_lines(self) -> list[str]:
+        """Every process's log lines, the earliest process first."""
+        return [line for proc in [*self.earlier, self.proc] for line in proc.log().splitlines()]
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no seal, no drain; the spool stays as the crash left it."""
+        self.proc.kill()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM (what ECS sends on stop) and the exit code once the process is gone."""
+        self.proc.signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def restart(self, **settings: str) -> Proc:
+        """A new process on the same port, bucket and spool directory; the old one must be gone."""
+        assert not self.proc.alive(), "stop or kill the running process first"
+        self.env = {**self.env, **settings}
+        self.earlier.append(self.proc)
+        name = f"{self.earlier[0].name}-r{len(self.earlier)}"
+        self.proc = launch(name, self.env, self.log_dir, int(self.env["LISTEN_PORT"]))
+        return self.proc
+
+
+StartSidecar = Callable[..., Sidecar]  # the type of the `start_sidecar` fixture
 
 
 def launch(name: str, env: dict[str, str], log_dir: Path, port: int) -> Proc:
@@ -50,11 +81,11 @@ def start_sidecar(
     """Factory: start a sidecar in front of `upstream_url`, with its own bucket and spool."""
     started: list[Sidecar] = []
 
-    def start(upstream_url: str, **settings: str) -> Sidecar:
+    def start(upstream_url: str, spool_dir: Path | None = None, **settings: str) -> Sidecar:
         port, metrics_port = free_port(), free_port()
         bucket = settings.pop("AUDIT_BUCKET", f"audit-{uuid.uuid4().hex[:12]}")
         create_bucket(moto_server, bucket)
-        spool_dir = tmp_path / f"spool-{len(started)}"
+        spool_dir = spool_dir or tmp_path / f"spool-{len(started)}"
         env = {
             **aws_endpoint_env,
             "LISTEN_HOST": "127.0.0.1",
@@ -89,5 +120,5 @@ def start_sidecar(
 
     yield start
     for sidecar in started:
-        for proc in [sidecar.proc, *sidecar.restarts]:
+        for proc in [sidecar.proc, *sidecar.earlier]:
             proc.stop()
