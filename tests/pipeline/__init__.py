@@ -1,0 +1,1 @@
+"""End-to-end tests of the no-Docker pipeline command, `central-llm-local-stack`."""
