@@ -366,8 +366,9 @@ class Proxy:
         received = 0
         held = b""
         await response.prepare(request)
+        readany = upstream.content.readany
         try:
-            async for chunk in upstream.content.iter_any():
+            while chunk := await readany():
                 out = usage_filter.feed(chunk) if usage_filter is not None else chunk
                 if held:  # more bytes after what looked like the end: not the end
                     await response.write(held)

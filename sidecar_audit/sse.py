@@ -211,10 +211,12 @@ class UsageChunkFilter:
             self._partial = data
             return b""
         complete, self._partial = data[:cut], data[cut:]
+        # The common case, a token chunk with nothing to hold or remove: three C scans.
         if (
             not self._held
             and _FINISH not in complete
-            and not any(marker in complete for marker in _USAGE_ONLY_MARKERS)
+            and _USAGE_ONLY_MARKERS[0] not in complete
+            and _USAGE_ONLY_MARKERS[1] not in complete
         ):
             return complete
         out: list[bytes] = []
