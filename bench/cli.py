@@ -22,7 +22,7 @@ from bench.report import finish, render, write_json
 from bench.run import run
 from bench.services import Pace
 
-DEFAULT_SYSTEMS = "direct,nginx,sidecar,litellm"
+DEFAULT_SYSTEMS = "direct,nginx,aiohttp-bare,sidecar,litellm"
 DEFAULT_SCENARIOS = "stream-32,stream-128,stream-512,nonstream-32"
 
 

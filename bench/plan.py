@@ -22,7 +22,7 @@ SOAK_SCENARIO = Scenario("stream-128", True, 128)
 @dataclass(frozen=True)
 class SystemSpec:
     name: str
-    kind: str  # direct | nginx | sidecar | litellm
+    kind: str  # direct | nginx | aiohttp-bare | sidecar | litellm
     fsync_ms: float | None = None
 
 
@@ -78,7 +78,7 @@ def parse_scenario(name: str) -> Scenario:
 
 
 def parse_system(name: str) -> SystemSpec:
-    if name in ("direct", "nginx", "litellm", "sidecar"):
+    if name in ("direct", "nginx", "aiohttp-bare", "litellm", "sidecar"):
         return SystemSpec(name, name)
     if name.startswith("sidecar-fsync"):
         value = float(name.removeprefix("sidecar-fsync"))
@@ -86,5 +86,6 @@ def parse_system(name: str) -> SystemSpec:
             raise ValueError(f"system {name!r}: the fsync interval must be > 0 ms")
         return SystemSpec(name, "sidecar", value)
     raise ValueError(
-        f"system {name!r}: expected direct, nginx, sidecar, sidecar-fsync<ms> or litellm"
+        f"system {name!r}: expected direct, nginx, aiohttp-bare, sidecar, sidecar-fsync<ms> "
+        "or litellm"
     )

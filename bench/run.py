@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.bare_proxy import start_bare_proxy
 from bench.cell import CellMeasure, Scenario, run_cell
 from bench.children import REPO_ROOT
 from bench.litellm import start_litellm
@@ -47,6 +48,8 @@ def _launch(spec: SystemSpec, ctx: LaunchContext, plan: Plan) -> Running:
     if spec.kind == "nginx":
         assert plan.nginx is not None
         return start_nginx(ctx, plan.nginx)
+    if spec.kind == "aiohttp-bare":
+        return start_bare_proxy(ctx)
     if spec.kind == "sidecar":
         return start_sidecar(ctx, spec.name, spec.fsync_ms, plan.sidecar_env, plan.audit_timeout_s)
     if spec.kind == "litellm":

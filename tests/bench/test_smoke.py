@@ -1,4 +1,4 @@
-"""The benchmark harness end to end at a tiny load: real stand-ins, sidecar, moto, nginx if any.
+"""The benchmark harness end to end at a tiny load: stand-ins, bare proxy, sidecar, moto, nginx.
 
 Keeps `scripts/benchmark` working in CI: it must drive load through each
 system, measure it, find every sidecar record in S3, and call a run invalid
@@ -44,7 +44,7 @@ def run_bench(tmp_path: Path, moto_server: str, *extra: str) -> tuple[int, dict]
 def test_tiny_run_measures_every_system_and_finds_every_record(
     tmp_path: Path, moto_server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    systems = ["direct", "sidecar"] + (["nginx"] if find_nginx(None) else [])
+    systems = ["direct", "aiohttp-bare", "sidecar"] + (["nginx"] if find_nginx(None) else [])
     code, results = run_bench(tmp_path, moto_server, "--systems", ",".join(systems))
 
     assert code == 0, [c["problems"] for c in results["cells"]]
