@@ -1,11 +1,12 @@
 """The sidecar's aiohttp application and its lifecycle.
 
-Start order (`cleanup_ctx`, torn down in reverse): the upstream client session,
-the audit trail (spool recovery, then the shipper), the proxy, the metrics
-listener, the CloudWatch EMF reporter. On SIGTERM aiohttp stops accepting
-connections and lets in-flight requests finish for `SHUTDOWN_GRACE_S`; then the
-audit trail ships what the spool holds for up to `SHUTDOWN_SHIP_S` and the
-process exits 0. Whatever is not shipped stays on disk for the next process.
+Start order (`cleanup_ctx`, torn down in reverse): the upstream connection
+pool (and the health probe's client session), the audit trail (spool
+recovery, then the shipper), the proxy, the metrics listener, the CloudWatch
+EMF reporter. On SIGTERM aiohttp stops accepting connections and lets
+in-flight requests finish for `SHUTDOWN_GRACE_S`; then the audit trail ships
+what the spool holds for up to `SHUTDOWN_SHIP_S` and the process exits 0.
+Whatever is not shipped stays on disk for the next process.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from .health import HealthLimits, UpstreamProbe, verdict
 from .identity import discover_identity
 from .metrics import Metrics
 from .proxy import Finished, Proxy
+from .upstream import UpstreamPool
 
 log = logging.getLogger("sidecar_audit")
 
 CONFIG = web.AppKey("config", Config)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+UPSTREAM = web.AppKey("upstream", UpstreamPool)
 TRAIL = web.AppKey("trail", AuditTrail)
 METRICS = web.AppKey("metrics", Metrics)
 PROXY = web.AppKey("proxy", Proxy)
@@ -55,21 +58,27 @@ def build_app(config: Config) -> web.Application:
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    connector = aiohttp.TCPConnector(
-        limit=config.upstream_max_connections,
-        keepalive_timeout=config.upstream_keepalive,
+    pool = UpstreamPool(
+        config.upstream_url,
+        connect_timeout=config.upstream_connect_timeout,
+        read_timeout=config.upstream_read_timeout,
+        keepalive_s=config.upstream_keepalive,
+        max_connections=config.upstream_max_connections,
     )
-    async with aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,  # bytes pass through as vLLM sent them
-        cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookies to another
-        timeout=aiohttp.ClientTimeout(total=None),
-    ) as session:
-        app[SESSION] = session
-        app[PROBE] = UpstreamProbe(
-            session, config.upstream_url, config.health_cache, asyncio.get_running_loop().time
-        )
-        yield
+    app[UPSTREAM] = pool
+    # The health probe's own small client: a few requests, never on the proxy path.
+    connector = aiohttp.TCPConnector(limit=4, keepalive_timeout=config.upstream_keepalive)
+    try:
+        async with aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+        ) as session:
+            app[SESSION] = session
+            app[PROBE] = UpstreamProbe(
+                session, config.upstream_url, config.health_cache, asyncio.get_running_loop().time
+            )
+            yield
+    finally:
+        pool.close()
 
 
 async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
@@ -127,7 +136,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
             },
         )
 
-    app[PROXY] = Proxy(config, app[SESSION], identity, trail.refusal, finished)
+    app[PROXY] = Proxy(config, app[UPSTREAM], identity, trail.refusal, finished)
     log.info(
         "sidecar ready",
         extra={

@@ -2,17 +2,17 @@
 
 Clients see them in the OpenAI error shape
 `{"error": {"message", "type", "param", "code"}}`; the audit record sees the
-outcome. Exceptions raised by aiohttp's client while talking to vLLM are mapped
-to these in exactly one place, `from_upstream_exception`.
+outcome. Exceptions raised by the upstream client (`upstream.py`) while talking
+to vLLM are mapped to these in exactly one place, `from_upstream_exception`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
+
+from .upstream import UpstreamTimeout, UpstreamUnreachable
 
 REJECTED = "rejected"
 UPSTREAM_ERROR = "upstream_error"
@@ -118,8 +118,8 @@ def from_upstream_exception(exc: BaseException) -> ProxyError:
     detail = type(exc).__name__
     if str(exc):
         detail = f"{detail}: {exc}"
-    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError | TimeoutError):
+    if isinstance(exc, UpstreamTimeout | TimeoutError):
         return upstream_timeout(detail)
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, UpstreamUnreachable):
         return upstream_unreachable(detail)
     return upstream_broke(detail)

@@ -30,9 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from . import errors
 from .capture import BodyCapture, StreamCapture
@@ -54,10 +52,12 @@ from .record import (
 )
 from .routing import parse_json_object, path_allowed, with_usage_requested
 from .sse import UsageChunkFilter
+from .upstream import ClientGone, Connection, UpstreamError, UpstreamPool
 
-# Headers aiohttp's client would add on its own; the client's own (or none) go upstream instead.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _READ_SIZE = 64 * 1024
+# Client write buffer above which reading from vLLM pauses until it drains below the low mark.
+_WRITE_HIGH = 256 * 1024
+_WRITE_LOW = 64 * 1024
 _DONE_EVENT = b"data: [DONE]\n\n"
 
 
@@ -207,22 +207,16 @@ class Proxy:
     def __init__(
         self,
         config: Config,
-        session: aiohttp.ClientSession,
+        upstream: UpstreamPool,
         identity: Identity,
         admit: Callable[[], errors.ProxyError | None],
         on_finished: Callable[[Finished], None],
     ) -> None:
         self._config = config
-        self._session = session
+        self._upstream = upstream
         self._identity = identity
         self._admit = admit
         self._on_finished = on_finished
-        self._upstream = URL(config.upstream_url)
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=config.upstream_connect_timeout,
-            sock_read=config.upstream_read_timeout,
-        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # perf_counter, not loop.time(): uvloop's clock counts whole milliseconds.
@@ -261,14 +255,20 @@ class Proxy:
             return self._reject(ex, err)
         ex.body_json = parse_json_object(ex.body)
         rewritten = with_usage_requested(ex.path, ex.body_json)
+        headers = upstream_request_headers(ex.raw_headers, ex.request_id)
+        ex.upstream_started = ex.clock()
         try:
-            upstream = await self._send(request, ex, rewritten or ex.body)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            conn = await self._upstream.request(
+                request.method, request.raw_path, headers, rewritten or ex.body
+            )
+        except UpstreamError as exc:
             return self._reject(ex, errors.from_upstream_exception(exc))
         try:
-            return await self._relay(request, ex, upstream, strip_usage=rewritten is not None)
+            return await self._relay(request, ex, conn, strip_usage=rewritten is not None)
         finally:
-            upstream.close()
+            # Pooled again only after a complete response; otherwise closed, so vLLM
+            # sees the disconnect and stops generating.
+            self._upstream.release(conn)
 
     def _check(self, request: web.Request) -> None:
         if not path_allowed(request.raw_path, self._config.allowed_paths):
@@ -295,32 +295,6 @@ class Proxy:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def _send(
-        self, request: web.Request, ex: Exchange, body: bytes
-    ) -> aiohttp.ClientResponse:
-        url = self._upstream.join(URL(request.raw_path, encoded=True))
-        headers = upstream_request_headers(ex.raw_headers, ex.request_id)
-        ex.upstream_started = ex.clock()
-        for attempt in (1, 2):
-            try:
-                response = await self._session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=body or None,
-                    allow_redirects=False,
-                    timeout=self._timeout,
-                    skip_auto_headers=_NO_AUTO_HEADERS,
-                )
-            except aiohttp.ServerDisconnectedError:
-                # A pooled connection closed by vLLM just as we reused it: the
-                # request never reached it, so one retry on a fresh connection is safe.
-                if attempt == 2:
-                    raise
-                continue
-            return response
-        raise AssertionError("unreachable")
-
     def _reject(self, ex: Exchange, err: errors.ProxyError) -> web.Response:
         ex.fail(err)
         ex.status = err.status
@@ -337,21 +311,22 @@ class Proxy:
         self,
         request: web.Request,
         ex: Exchange,
-        upstream: aiohttp.ClientResponse,
+        conn: Connection,
         *,
         strip_usage: bool,
     ) -> web.StreamResponse:
-        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
-        ex.response_headers = raw
-        ex.status = upstream.status
-        ex.content_type = upstream.headers.get("content-type")
-        ex.content_encoding = upstream.headers.get("content-encoding")
+        head = conn.head
+        assert head is not None
+        ex.response_headers = head.raw_headers
+        ex.status = head.status
+        ex.content_type = head.header("content-type")
+        ex.content_encoding = head.header("content-encoding")
         is_sse = (ex.content_type or "").lower().startswith("text/event-stream")
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for name, value in client_response_headers(raw, ex.request_id):
+        response = web.StreamResponse(status=head.status, reason=head.reason or None)
+        for name, value in client_response_headers(head.raw_headers, ex.request_id):
             response.headers.add(name, value)
-        if not is_sse and upstream.content_length is not None:
-            response.content_length = upstream.content_length
+        if not is_sse and head.content_length is not None:
+            response.content_length = head.content_length
         if is_sse:
             capture: BodyCapture | StreamCapture = StreamCapture(
                 self._config.max_recorded_body_bytes, ex.clock
@@ -359,49 +334,140 @@ class Proxy:
         else:
             capture = BodyCapture(self._config.max_recorded_body_bytes)
         ex.capture = capture
-        usage_filter = UsageChunkFilter() if strip_usage and is_sse else None
-        feed = capture.feed
-        # Bytes that complete the answer wait for the record (module docstring).
-        length = None if is_sse else upstream.content_length
-        received = 0
-        held = b""
         await response.prepare(request)
-        readany = upstream.content.readany
+        relay = _BodyRelay(
+            request,
+            response,
+            conn,
+            capture,
+            UsageChunkFilter() if strip_usage and is_sse else None,
+            # Bytes that complete the answer wait for the record (module docstring).
+            None if is_sse else head.content_length,
+        )
+        conn.start_body(relay.on_chunk)
         try:
-            while chunk := await readany():
-                out = usage_filter.feed(chunk) if usage_filter is not None else chunk
-                if held:  # more bytes after what looked like the end: not the end
-                    await response.write(held)
-                    held = b""
-                if out:
-                    if is_sse:
-                        completes = out.endswith(_DONE_EVENT)
-                    else:
-                        received += len(out)
-                        completes = length is not None and received >= length
-                    if completes:
-                        held = out
-                    else:
-                        await response.write(out)
-                feed(chunk)
-            if usage_filter is not None:
-                held += usage_filter.flush()
+            while not await conn.wait():
+                await relay.catch_up()
+            await relay.catch_up()
+            held = relay.end()
             self._finish(ex)
             if held:
                 await response.write(held)
-        except ConnectionResetError:
+        except (ClientGone, ConnectionResetError):
             ex.outcome = errors.CLIENT_DISCONNECTED
             ex.error = {
                 "type": "client_disconnected",
                 "message": "the client closed the connection",
             }
             return response
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except UpstreamError as exc:
             ex.fail(errors.from_upstream_exception(exc))
             _abort_client(request, response)
             return response
         await response.write_eof()
         return response
+
+
+class _BodyRelay:
+    """Forwards vLLM's body to the client from inside the connection's `data_received`.
+
+    Before the first write the response head is still in aiohttp's writer, so
+    the first bytes go through `response.write` (on the proxy's task, woken for
+    it); after that each chunk is written to the client's transport in the same
+    call that received it, framed as aiohttp chose (chunked or not). A client
+    that does not keep up pauses reading from vLLM until its buffer drains.
+    """
+
+    __slots__ = (
+        "_capture",
+        "_chunked",
+        "_conn",
+        "_direct",
+        "_early",
+        "_filter",
+        "_held",
+        "_length",
+        "_received",
+        "_response",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        conn: Connection,
+        capture: BodyCapture | StreamCapture,
+        usage_filter: UsageChunkFilter | None,
+        length: int | None,
+    ) -> None:
+        self._response = response
+        self._transport = request.transport
+        self._chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self._conn = conn
+        self._capture = capture
+        self._filter = usage_filter
+        self._length = length
+        self._received = 0
+        self._held = b""
+        self._early: list[bytes] = []
+        self._direct = False
+
+    def on_chunk(self, chunk: bytes) -> None:
+        """One piece of vLLM's body, in the order received; never blocks."""
+        out = self._filter.feed(chunk) if self._filter is not None else chunk
+        if self._held:  # more bytes after what looked like the end: not the end
+            held, self._held = self._held, b""
+            self._emit(held)
+        if out:
+            if self._length is None:
+                completes = out.endswith(_DONE_EVENT)
+            else:
+                self._received += len(out)
+                completes = self._received >= self._length
+            if completes:
+                self._held = out
+            else:
+                self._emit(out)
+        self._capture.feed(chunk)
+
+    def _emit(self, data: bytes) -> None:
+        if not self._direct:
+            self._early.append(data)
+            self._conn.wake()
+            return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ClientGone("the client closed the connection")
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        if transport.get_write_buffer_size() > _WRITE_HIGH:
+            self._conn.pause_reading()
+            self._conn.wake()
+
+    async def catch_up(self) -> None:
+        """On the proxy's task: write what waited for the head, or wait for a slow client."""
+        if self._early:
+            data = b"".join(self._early)
+            self._early.clear()
+            await self._response.write(data)  # sends the head too
+        self._direct = True
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ClientGone("the client closed the connection")
+        if transport.get_write_buffer_size() > _WRITE_HIGH:
+            while transport.get_write_buffer_size() > _WRITE_LOW:
+                if transport.is_closing():
+                    raise ClientGone("the client closed the connection")
+                await asyncio.sleep(0.005)
+        self._conn.resume_reading()
+
+    def end(self) -> bytes:
+        """The bytes still held back once vLLM's body is complete."""
+        held = self._held
+        if self._filter is not None:
+            held += self._filter.flush()
+        self._held = b""
+        return held
 
 
 def _abort_client(request: web.Request, response: web.StreamResponse) -> None:

@@ -606,3 +606,66 @@ def test_expect_100_continue_like_curl_sends_for_large_bodies(standin_session, s
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
     assert "expect" not in {k.lower() for k in standin_session.requests()[-1]["headers"]}
+
+
+def _raw_post(port: int, path: str, body: bytes, headers: dict[str, str]) -> socket.socket:
+    """A request on a plain socket with a small receive buffer, so the sender feels backpressure."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "Connection: close\r\n\r\n"
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    parts = []
+    while chunk := sock.recv(65536):
+        parts.append(chunk)
+    sock.close()
+    return b"".join(parts)
+
+
+async def test_a_stalled_reader_gets_the_whole_stream_and_is_not_an_upstream_timeout(
+    standin_session, start_sidecar
+) -> None:
+    """A client that stops reading makes the sidecar pause reading from vLLM (bounded
+    buffers), and that pause is not vLLM's silence: a stall longer than the read
+    timeout still ends in the complete, byte-identical stream and a completed record."""
+    sidecar = start_sidecar(standin_session.url, UPSTREAM_READ_TIMEOUT_S="1")
+    body = orjson.dumps({**CHAT, "stream": True, "max_tokens": 6000})
+    pace = {"x-standin-itl-ms": "0", "x-standin-ttft-ms": "0", "x-standin-tokens": "6000"}
+    pace["x-standin-created"] = "1700000000"
+    request_id = rid()
+    headers = {**pace, "content-type": "application/json", "x-request-id": request_id}
+    direct = await asyncio.to_thread(
+        lambda: _read_all(
+            _raw_post(_port(standin_session.url), "/v1/chat/completions", body, headers)
+        )
+    )
+    sock = _raw_post(_port(sidecar.url), "/v1/chat/completions", body, {**AUDIT_HEADERS, **headers})
+    await asyncio.sleep(2.5)  # the client reads nothing for longer than the read timeout
+    proxied = await asyncio.to_thread(_read_all, sock)
+
+    def events(raw: bytes) -> bytes:  # the SSE payload, chunk framing removed
+        _, _, rest = raw.partition(b"\r\n\r\n")
+        out, pos = [], 0
+        while True:
+            eol = rest.index(b"\r\n", pos)
+            size = int(rest[pos:eol], 16)
+            if size == 0:
+                return b"".join(out)
+            out.append(rest[eol + 2 : eol + 2 + size])
+            pos = eol + 4 + size
+
+    assert proxied.startswith(b"HTTP/1.1 200")
+    assert len(direct) > 1_000_000, "the answer must be far larger than the socket buffers"
+    assert events(proxied) == events(direct)
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["outcome"] == "completed", record["error"]
+    assert record["usage"]["completionTokens"] == 6000
