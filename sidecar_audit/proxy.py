@@ -335,17 +335,17 @@ class Proxy:
             capture = BodyCapture(self._config.max_recorded_body_bytes)
         ex.capture = capture
         await response.prepare(request)
-        relay = _BodyRelay(
-            request,
-            response,
-            conn,
-            capture,
-            UsageChunkFilter() if strip_usage and is_sse else None,
-            # Bytes that complete the answer wait for the record (module docstring).
-            None if is_sse else head.content_length,
-        )
-        conn.start_body(relay.on_chunk)
         try:
+            relay = _BodyRelay(
+                request,
+                response,
+                conn,
+                capture,
+                UsageChunkFilter() if strip_usage and is_sse else None,
+                # Bytes that complete the answer wait for the record (module docstring).
+                None if is_sse else head.content_length,
+            )
+            conn.start_body(relay.on_chunk)
             while not await conn.wait():
                 await relay.catch_up()
             await relay.catch_up()
@@ -402,7 +402,10 @@ class _BodyRelay:
         length: int | None,
     ) -> None:
         self._response = response
-        self._transport = request.transport
+        transport = request.transport
+        if transport is None:  # the client left before the head was sent
+            raise ConnectionResetError("the client closed the connection")
+        self._transport = transport
         self._chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
         self._conn = conn
         self._capture = capture
@@ -437,7 +440,7 @@ class _BodyRelay:
             self._conn.wake()
             return
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport.is_closing():
             raise ClientGone("the client closed the connection")
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         if transport.get_write_buffer_size() > _WRITE_HIGH:
@@ -452,7 +455,7 @@ class _BodyRelay:
             await self._response.write(data)  # sends the head too
         self._direct = True
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport.is_closing():
             raise ClientGone("the client closed the connection")
         if transport.get_write_buffer_size() > _WRITE_HIGH:
             while transport.get_write_buffer_size() > _WRITE_LOW:

@@ -168,6 +168,14 @@ class ChunkedDecoder:
         if self.done:
             self.trailing = self.trailing or bool(data)
             return b""
+        if self._state == _SIZE and not self._buf:
+            # The common case on a token stream: the read holds exactly one whole chunk.
+            eol = data.find(b"\r\n", 0, 18)
+            if eol > 0 and _HEX.fullmatch(data, 0, eol) is not None:
+                start = eol + 2
+                end = start + int(data[:eol], 16)
+                if end > start and len(data) == end + 2 and data.endswith(b"\r\n"):
+                    return data[start:end]
         if self._buf:
             data = self._buf + data
             self._buf = b""
@@ -266,7 +274,10 @@ class Connection(asyncio.Protocol):
         self._last = self._loop.time()
         phase = self._phase
         if phase == _BODY:
-            self._body(data)
+            if self._framing == _CHUNKED:  # inlined _body() for the hot path
+                self._chunked(data)
+            else:
+                self._body(data)
         elif phase == _HEAD:
             self.got_bytes = True
             self._buf += data
@@ -453,7 +464,14 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         if out:
-            self._deliver(out)
+            sink = self._sink
+            if sink is None:
+                self._pending.append(out)
+            else:
+                try:
+                    sink(out)
+                except Exception as exc:  # ClientGone, or a bug: ends this exchange only
+                    self.abort(exc)
         if decoder.done:
             if decoder.trailing:
                 self._reusable = False
@@ -466,9 +484,7 @@ class Connection(asyncio.Protocol):
             return
         try:
             sink(data)
-        except ClientGone as exc:
-            self.abort(exc)
-        except Exception as exc:  # a bug in the proxy's callback must end this exchange only
+        except Exception as exc:  # ClientGone, or a bug: ends this exchange only
             self.abort(exc)
 
     def _arm_timer(self, delay: float) -> None:
