@@ -406,16 +406,24 @@ class Spool:
     # --- sync thread ------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
+        # The age limit is checked at least every `age_check` seconds, whatever the
+        # fsync interval: a long group-commit interval must not hold a batch back.
+        age_check = min(0.5, max(0.01, self._segment_max_age_s / 10))
+        tick = min(self._fsync_interval_s, age_check)
+        next_sync = time.monotonic() + self._fsync_interval_s
         while True:
-            await asyncio.sleep(self._fsync_interval_s)
+            await asyncio.sleep(tick)
             writer = self._active
             if writer is None or self._failed is not None:
                 continue
-            if time.monotonic() - writer.started >= self._segment_max_age_s:
+            now = time.monotonic()
+            if now - writer.started >= self._segment_max_age_s:
                 self._rotate()
-            elif writer.size > writer.synced_size and not self._sync_inflight:
-                self._sync_inflight = True
-                self._start_sync(writer).add_done_callback(self._clear_inflight)
+            elif now >= next_sync - tick / 2:
+                next_sync = now + self._fsync_interval_s
+                if writer.size > writer.synced_size and not self._sync_inflight:
+                    self._sync_inflight = True
+                    self._start_sync(writer).add_done_callback(self._clear_inflight)
 
     def _clear_inflight(self, _: asyncio.Future[None]) -> None:
         self._sync_inflight = False

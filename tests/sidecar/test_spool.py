@@ -300,6 +300,21 @@ async def test_a_segment_is_sealed_at_max_age(tmp_path: Path) -> None:
     await spool.close()
 
 
+async def test_a_long_fsync_interval_does_not_hold_a_segment_past_its_age(
+    tmp_path: Path,
+) -> None:
+    # AUDIT_SPOOL_FSYNC_INTERVAL_MS far above AUDIT_FLUSH_INTERVAL_S: the batch still
+    # leaves at its age limit, not at the next group commit a minute later.
+    spool = Spool(tmp_path, segment_max_age_s=0.3, fsync_interval_s=60)
+    await spool.open()
+    spool.append(payload(1), T0)
+    started = time.monotonic()
+    await asyncio.wait_for(spool.sealed.wait(), 10)
+    assert time.monotonic() - started < 5
+    assert len(files(tmp_path, ".seg")) == 1
+    await spool.close()
+
+
 async def test_segment_names_sort_by_creation_and_are_unique(tmp_path: Path) -> None:
     clock = iter(T0 + i for i in range(100))
     spool = Spool(
