@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ from .record import (
 from .routing import parse_json_object, path_allowed, with_usage_requested
 from .sse import UsageChunkFilter
 from .upstream import ClientGone, Connection, UpstreamError, UpstreamPool
+
+log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
 # Client write buffer above which reading from vLLM pauses until it drains below the low mark.
@@ -362,6 +365,12 @@ class Proxy:
             return response
         except UpstreamError as exc:
             ex.fail(errors.from_upstream_exception(exc))
+            _abort_client(request, response)
+            return response
+        except Exception as exc:  # a defect of ours mid-relay: the record says so, not "completed"
+            log.exception("relaying the answer failed", extra={"requestId": ex.request_id})
+            ex.outcome = errors.UPSTREAM_ERROR
+            ex.error = {"type": "sidecar_error", "message": type(exc).__name__}
             _abort_client(request, response)
             return response
         await response.write_eof()
