@@ -14,14 +14,13 @@ Run by the harness as `python -m bench.bare_proxy --port P --upstream URL`.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 
 import aiohttp
 import uvloop
 from aiohttp import web
 
-from bench.children import Child, free_port, python_module, repo_pythonpath, wait_http
-from bench.target import AuditCheck, LaunchContext, Target
+from bench.children import Child, free_port, python_module, repo_pythonpath, wait_ready
+from bench.target import ChildRunning, LaunchContext, Target
 
 _DROP = {"host", "connection", "keep-alive", "transfer-encoding", "content-length"}
 
@@ -62,22 +61,7 @@ def build_app(upstream: str) -> web.Application:
     return app
 
 
-@dataclass
-class BareRunning:
-    target: Target
-    child: Child
-
-    def audit(self, responded_ids: list[str]) -> AuditCheck | None:
-        return None
-
-    def self_report(self) -> dict[str, object] | None:
-        return None
-
-    def stop(self) -> None:
-        self.child.stop()
-
-
-def start_bare_proxy(ctx: LaunchContext) -> BareRunning:
+def start_bare_proxy(ctx: LaunchContext) -> ChildRunning:
     port = free_port()
     child = Child(
         f"aiohttp-bare-{ctx.cell_id}",
@@ -85,13 +69,9 @@ def start_bare_proxy(ctx: LaunchContext) -> BareRunning:
         log_dir=ctx.log_dir,
         env=repo_pythonpath(),
     )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", child, timeout=30)
-    except BaseException:
-        child.stop()
-        raise
+    wait_ready(child, f"http://127.0.0.1:{port}/v1/models", timeout=30)
     target = Target("aiohttp-bare", "127.0.0.1", port, ctx.upstream.model, pids=(child.pid,))
-    return BareRunning(target, child)
+    return ChildRunning(target, child)
 
 
 def main() -> None:

@@ -96,6 +96,15 @@ class Child:
         return self.popen.returncode
 
 
+def wait_ready(child: Child, url: str, timeout: float) -> None:
+    """`wait_http` for a system just started: a child that never answers is stopped."""
+    try:
+        wait_http(url, child, timeout=timeout)
+    except BaseException:
+        child.stop()
+        raise
+
+
 def wait_http(url: str, child: Child | None = None, timeout: float = 60.0) -> None:
     """Block until `url` answers with any HTTP status; fail with the child's log otherwise."""
     deadline = time.monotonic() + timeout

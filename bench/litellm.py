@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from bench.children import Child, free_port, wait_http
-from bench.target import AUDIT_HEADERS, AuditCheck, LaunchContext, Target
+from bench.children import Child, free_port, wait_ready
+from bench.target import AUDIT_HEADERS, ChildRunning, LaunchContext, Target
 
 MODEL_NAME = "bench-model"
 MASTER_KEY = "sk-bench-local-only"
@@ -49,22 +48,7 @@ def litellm_command(explicit: str | None) -> list[str] | None:
     return [str(path)]
 
 
-@dataclass
-class LitellmRunning:
-    target: Target
-    child: Child
-
-    def audit(self, responded_ids: list[str]) -> AuditCheck | None:
-        return None
-
-    def self_report(self) -> dict[str, object] | None:
-        return None
-
-    def stop(self) -> None:
-        self.child.stop()
-
-
-def start_litellm(ctx: LaunchContext, command: list[str]) -> LitellmRunning:
+def start_litellm(ctx: LaunchContext, command: list[str]) -> ChildRunning:
     config = ctx.workdir / f"litellm-{ctx.cell_id}.yaml"
     config.write_text(
         _CONFIG.format(
@@ -92,11 +76,7 @@ def start_litellm(ctx: LaunchContext, command: list[str]) -> LitellmRunning:
         env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"},
         cwd=ctx.workdir,
     )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health/liveliness", child, timeout=120)
-    except BaseException:
-        child.stop()
-        raise
+    wait_ready(child, f"http://127.0.0.1:{port}/health/liveliness", timeout=120)
     headers = (*AUDIT_HEADERS, ("Authorization", f"Bearer {MASTER_KEY}"))
     target = Target("litellm", "127.0.0.1", port, MODEL_NAME, headers, (child.pid,))
-    return LitellmRunning(target, child)
+    return ChildRunning(target, child)

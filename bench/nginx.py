@@ -10,11 +10,10 @@ closing. The system's processes are the master and its worker.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from bench.children import Child, free_port, wait_http
-from bench.target import AuditCheck, LaunchContext, Target
+from bench.children import Child, free_port, wait_ready
+from bench.target import ChildRunning, LaunchContext, Target
 
 _CONFIG = """\
 worker_processes 1;
@@ -65,22 +64,7 @@ def render_config(directory: Path, port: int, upstream_hostport: str) -> str:
     return _CONFIG.format(dir=directory, port=port, upstream=upstream_hostport)
 
 
-@dataclass
-class NginxRunning:
-    target: Target
-    child: Child
-
-    def audit(self, responded_ids: list[str]) -> AuditCheck | None:
-        return None
-
-    def self_report(self) -> dict[str, object] | None:
-        return None
-
-    def stop(self) -> None:
-        self.child.stop()
-
-
-def start_nginx(ctx: LaunchContext, binary: str) -> NginxRunning:
+def start_nginx(ctx: LaunchContext, binary: str) -> ChildRunning:
     directory = ctx.workdir / f"nginx-{ctx.cell_id}"
     directory.mkdir(parents=True)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -94,10 +78,6 @@ def start_nginx(ctx: LaunchContext, binary: str) -> NginxRunning:
         [binary, "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")],
         log_dir=ctx.log_dir,
     )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", child, timeout=30)
-    except BaseException:
-        child.stop()
-        raise
+    wait_ready(child, f"http://127.0.0.1:{port}/v1/models", timeout=30)
     target = Target("nginx", "127.0.0.1", port, ctx.upstream.model, pids=(child.pid,))
-    return NginxRunning(target, child)
+    return ChildRunning(target, child)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bench.audit_s3 import LOCAL_AWS_ENV, REGION, AuditReader, create_bucket, wait_for_audit
-from bench.children import Child, free_port, python_module, wait_http
+from bench.children import Child, free_port, python_module, wait_ready
 from bench.target import AuditCheck, LaunchContext, Target
 
 PREFIX = "logs"
@@ -94,11 +94,7 @@ def start_sidecar(
     child = Child(
         f"{name}-{ctx.cell_id}", python_module("sidecar_audit"), log_dir=ctx.log_dir, env=env
     )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", child, timeout=60)
-    except BaseException:
-        child.stop()
-        raise
+    wait_ready(child, f"http://127.0.0.1:{port}/health", timeout=60)
     flush = float(env.get("AUDIT_FLUSH_INTERVAL_S", DEFAULT_FLUSH_INTERVAL_S))
     target = Target(name, "127.0.0.1", port, ctx.upstream.model, pids=(child.pid,))
     reader = AuditReader(ctx.s3_endpoint, bucket, env["AUDIT_PREFIX"], REGION)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from bench.children import Child
+
 # Sent to every system (the sidecar requires them; the others ignore them).
 AUDIT_HEADERS: tuple[tuple[str, str], ...] = (
     ("x-llm-source", "bench"),
@@ -96,6 +98,24 @@ class DirectRunning:
 
     def stop(self) -> None:
         return None
+
+
+@dataclass
+class ChildRunning:
+    """A system that is one child process (tree) and keeps no audit trail: nginx,
+    aiohttp-bare, LiteLLM."""
+
+    target: Target
+    child: Child
+
+    def audit(self, responded_ids: list[str]) -> AuditCheck | None:
+        return None
+
+    def self_report(self) -> dict[str, object] | None:
+        return None
+
+    def stop(self) -> None:
+        self.child.stop()
 
 
 def start_direct(ctx: LaunchContext) -> DirectRunning:
