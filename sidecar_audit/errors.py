@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from .upstream import UpstreamTimeout, UpstreamUnreachable
+from .upstream import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 
 REJECTED = "rejected"
 UPSTREAM_ERROR = "upstream_error"
@@ -113,12 +113,12 @@ def upstream_timeout(detail: str) -> ProxyError:
     )
 
 
-def from_upstream_exception(exc: BaseException) -> ProxyError:
+def from_upstream_exception(exc: UpstreamError) -> ProxyError:
     """Map an exception from the upstream call to one of ours (the only such mapping)."""
     detail = type(exc).__name__
     if str(exc):
         detail = f"{detail}: {exc}"
-    if isinstance(exc, UpstreamTimeout | TimeoutError):
+    if isinstance(exc, UpstreamTimeout):
         return upstream_timeout(detail)
     if isinstance(exc, UpstreamUnreachable):
         return upstream_unreachable(detail)

@@ -274,10 +274,7 @@ class Connection(asyncio.Protocol):
         self._last = self._loop.time()
         phase = self._phase
         if phase == _BODY:
-            if self._framing == _CHUNKED:  # inlined _body() for the hot path
-                self._chunked(data)
-            else:
-                self._body(data)
+            self._body(data)
         elif phase == _HEAD:
             self.got_bytes = True
             self._buf += data
@@ -286,12 +283,6 @@ class Connection(asyncio.Protocol):
             self.close()
         else:  # bytes after a complete response: not HTTP we understand; do not reuse
             self._reusable = False
-
-    def pause_writing(self) -> None:  # requests are small; nothing to pause
-        pass
-
-    def resume_writing(self) -> None:
-        pass
 
     # --- one exchange ------------------------------------------------------------------
 
@@ -322,9 +313,7 @@ class Connection(asyncio.Protocol):
         return await self._wait()
 
     def wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(False)
+        self._notify(False)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -382,9 +371,7 @@ class Connection(asyncio.Protocol):
         self._phase = _DONE
         self._result = True
         self._cancel_timer()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
+        self._notify(True)
 
     def _fail(self, exc: BaseException) -> None:
         if self._phase in (_DONE, _FAILED):
@@ -393,9 +380,17 @@ class Connection(asyncio.Protocol):
         self._result = exc
         self._reusable = False
         self._cancel_timer()
+        self._notify(exc)
+
+    def _notify(self, outcome: bool | BaseException) -> None:
+        """Wake the task sleeping in `_wait()`, if any, with `outcome`."""
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        if waiter is None or waiter.done():
+            return
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
 
     def _parse_head(self) -> None:
         while True:
@@ -432,9 +427,7 @@ class Connection(asyncio.Protocol):
                 self.transport.pause_reading()
             if rest:
                 self._body(rest)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
+        self._notify(True)  # the head is here (a no-op if the body already ended)
 
     def _body(self, data: bytes) -> None:
         framing = self._framing
@@ -464,14 +457,7 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         if out:
-            sink = self._sink
-            if sink is None:
-                self._pending.append(out)
-            else:
-                try:
-                    sink(out)
-                except Exception as exc:  # ClientGone, or a bug: ends this exchange only
-                    self.abort(exc)
+            self._deliver(out)
         if decoder.done:
             if decoder.trailing:
                 self._reusable = False
