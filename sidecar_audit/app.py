@@ -64,6 +64,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         read_timeout=config.upstream_read_timeout,
         keepalive_s=config.upstream_keepalive,
         max_connections=config.upstream_max_connections,
+        queue_timeout=config.upstream_queue_timeout,
     )
     app[UPSTREAM] = pool
     # The health probe's own small client: a few requests, never on the proxy path.

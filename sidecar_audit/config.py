@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 
 
 DEFAULT_ALLOWED_PATHS = "/v1/*,/tokenize,/detokenize,/version"
+DEFAULT_REDACT_PATTERNS = "auth,token,key,secret,password,passwd,cookie,session,credential"
 DEFAULT_REDACTED_HEADERS = (
     "authorization",
     "proxy-authorization",
@@ -93,6 +94,14 @@ def _header_names(raw: str) -> tuple[str, ...]:
         if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9a-z-]+", name):
             raise ValueError(f"{name!r} is not a header name")
     return names
+
+
+def _name_fragments(raw: str) -> tuple[str, ...]:
+    fragments = tuple(n.strip().lower() for n in raw.split(",") if n.strip())
+    for fragment in fragments:
+        if not re.fullmatch(r"[a-z0-9_.-]+", fragment):
+            raise ValueError(f"{fragment!r}: use lower-case letters, digits, '_', '.', '-'")
+    return fragments
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -209,6 +218,46 @@ SETTINGS: tuple[Setting, ...] = (
         "Extra header names to redact in records, comma-separated (always redacted: "
         + ", ".join(DEFAULT_REDACTED_HEADERS)
         + ").",
+    ),
+    Setting(
+        "REDACT_NAME_PATTERNS",
+        "redact_name_patterns",
+        DEFAULT_REDACT_PATTERNS,
+        _name_fragments,
+        "Header and query-parameter names containing any of these (case-insensitive) "
+        "are redacted in records and logs, comma-separated.",
+    ),
+    Setting(
+        "TRUST_EDGE_HEADERS",
+        "trust_edge_headers",
+        "false",
+        _bool,
+        "Record `x-edge-api-key-id` / `x-edge-request-id` as `apiKeyId` / `edgeRequestId`. "
+        "Only behind API Gateway, whose integration sets them (clients cannot reach the "
+        "task otherwise).",
+    ),
+    Setting(
+        "REQUEST_BODY_TIMEOUT_S",
+        "request_body_timeout",
+        "60",
+        _positive_float,
+        "Seconds a client may take to send its whole request body (exceeded: 408).",
+    ),
+    Setting(
+        "CLIENT_WRITE_STALL_S",
+        "client_write_stall",
+        "60",
+        _positive_float,
+        "A client that takes no bytes of its answer for this long is disconnected "
+        "(`client_disconnected`; vLLM stops generating).",
+    ),
+    Setting(
+        "UPSTREAM_QUEUE_TIMEOUT_S",
+        "upstream_queue_timeout",
+        "30",
+        _positive_float,
+        "Seconds a request may wait for a free upstream connection "
+        "(`UPSTREAM_MAX_CONNECTIONS` all busy) before a 503.",
     ),
     Setting(
         "HEALTH_CACHE_S",
@@ -359,6 +408,11 @@ class Config:
     max_request_body_bytes: int
     max_recorded_body_bytes: int
     extra_redacted_headers: tuple[str, ...]
+    redact_name_patterns: tuple[str, ...]
+    trust_edge_headers: bool
+    request_body_timeout: float
+    client_write_stall: float
+    upstream_queue_timeout: float
     health_cache: float
     audit_bucket: str
     audit_prefix: str

@@ -4,7 +4,13 @@
   TE, Transfer-Encoding, Upgrade, and every header named in Connection) are
   connection-scoped and never forwarded either way. Host and Content-Length are
   set by the HTTP client for the new connection and body.
-- Recorded headers are lower-cased; secrets are replaced by `REDACTED`.
+- Recorded headers are the ones vLLM actually received, lower-cased, values
+  decoded as UTF-8; secrets are replaced by `REDACTED`: the fixed names, the
+  configured ones, and any header or query parameter whose name contains a
+  configured fragment (`auth`, `token`, `key`, `secret`, ... by default).
+- Audit identity (`x-llm-*`) headers must each come at most once, be valid
+  UTF-8 without control characters and at most `MAX_IDENTITY_CHARS` long;
+  anything else is refused (400) rather than guessed at.
 - A client's `x-request-id` is used only if it matches `REQUEST_ID_RE`, because
   it ends up in S3 keys and DynamoDB keys; otherwise a fresh id is generated.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qsl, quote
 
 REDACTED = "[REDACTED]"
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -69,16 +76,51 @@ def client_response_headers(
     return out
 
 
-def recorded_headers(
-    headers: Iterable[tuple[str, str]], redacted: frozenset[str]
-) -> dict[str, str]:
-    """Lower-cased headers for the audit record, secrets replaced, repeats joined."""
+class Redaction:
+    """Which header and query-parameter names are secrets: exact names, or containing a fragment."""
+
+    __slots__ = ("_fragments", "_names")
+
+    def __init__(self, names: Iterable[str], fragments: Iterable[str]) -> None:
+        self._names = frozenset(n.lower() for n in names)
+        self._fragments = tuple(f.lower() for f in fragments)
+
+    def secret(self, name: str) -> bool:
+        key = name.lower()
+        return key in self._names or any(f in key for f in self._fragments)
+
+
+def recorded_headers(headers: Iterable[tuple[str, str]], redaction: Redaction) -> dict[str, str]:
+    """Lower-cased headers for the audit record, secrets replaced, repeats joined.
+
+    Values arrive as latin-1 text (the wire's bytes, one char per byte) and are
+    recorded as UTF-8 text, which is what clients send.
+    """
     out: dict[str, str] = {}
     for name, value in headers:
         key = name.lower()
-        shown = REDACTED if key in redacted else value
+        shown = REDACTED if redaction.secret(key) else _utf8(value)
         out[key] = f"{out[key]}, {shown}" if key in out else shown
     return out
+
+
+def recorded_query(query: str, redaction: Redaction) -> str:
+    """The query string with the values of secret-named parameters replaced."""
+    if not query:
+        return query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(redaction.secret(name) for name, _ in pairs):
+        return query
+    return "&".join(
+        f"{quote(name, safe='')}={REDACTED if redaction.secret(name) else quote(value, safe='')}"
+        for name, value in pairs
+    )
+
+
+def _utf8(value: str) -> str:
+    if value.isascii():
+        return value
+    return value.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
 def choose_request_id(incoming: str | None) -> str:
@@ -89,6 +131,62 @@ def choose_request_id(incoming: str | None) -> str:
 
 
 AUDIT_HEADERS = ("x-llm-source", "x-llm-user", "x-llm-request-type")
+# Header -> record field. x-llm-project is optional (the source stands in for it).
+IDENTITY_FIELDS = {
+    "x-llm-source": "source",
+    "x-llm-user": "userId",
+    "x-llm-request-type": "requestType",
+    "x-llm-project": "projectId",
+}
+EDGE_FIELDS = {"x-edge-api-key-id": "apiKeyId", "x-edge-request-id": "edgeRequestId"}
+MAX_IDENTITY_CHARS = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class IdentityProblem(ValueError):
+    def __init__(self, header: str, kind: str, why: str = "") -> None:
+        super().__init__(f"{header}: {kind} {why}".strip())
+        self.header = header
+        self.kind = kind  # "missing", "repeated" or "invalid"
+        self.why = why
+
+
+def read_identity(raw_headers: Iterable[tuple[bytes, bytes]], *, required: bool) -> dict[str, str]:
+    """The identity header values (UTF-8, stripped), by header name; raises IdentityProblem."""
+    seen: dict[str, str] = {}
+    for raw_name, raw_value in raw_headers:
+        name = raw_name.decode("latin-1").lower()
+        if name not in IDENTITY_FIELDS:
+            continue
+        if name in seen:
+            raise IdentityProblem(name, "repeated")
+        try:
+            value = raw_value.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise IdentityProblem(name, "invalid", "is not valid UTF-8") from None
+        if len(value) > MAX_IDENTITY_CHARS:
+            raise IdentityProblem(
+                name, "invalid", f"is longer than {MAX_IDENTITY_CHARS} characters"
+            )
+        if _CONTROL.search(value):
+            raise IdentityProblem(name, "invalid", "contains control characters")
+        seen[name] = value
+    if required:
+        for name in AUDIT_HEADERS:
+            if not seen.get(name):
+                raise IdentityProblem(name, "missing")
+    return seen
+
+
+def read_edge(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str | None]:
+    """apiKeyId / edgeRequestId from the headers API Gateway's integration sets (trusted there)."""
+    out: dict[str, str | None] = dict.fromkeys(EDGE_FIELDS.values())
+    for raw_name, raw_value in raw_headers:
+        field = EDGE_FIELDS.get(raw_name.decode("latin-1").lower())
+        if field is not None:
+            value = raw_value.decode("utf-8", "replace").strip()[:MAX_IDENTITY_CHARS]
+            out[field] = value or None
+    return out
 
 
 def missing_audit_header(headers: Mapping[str, str]) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,9 +35,29 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD:
                 out[key] = value
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None:
+            out.update(_exception_fields(record))
         return orjson.dumps(out, default=str).decode()
+
+
+def _exception_fields(record: logging.LogRecord) -> dict[str, str]:
+    """The exception's type and stack, and its message only when it is ours.
+
+    A library's message may quote the input that upset it: aiohttp's
+    bad-request errors print the raw request line or header, `Authorization`
+    included. Frames name code, never data.
+    """
+    assert record.exc_info is not None
+    exc_type, exc, tb = record.exc_info
+    fields = {
+        "exceptionType": getattr(exc_type, "__qualname__", str(exc_type)),
+        "stack": "".join(traceback.format_tb(tb)) if tb is not None else "",
+    }
+    if record.name.startswith("sidecar_audit") and type(exc).__module__.startswith(
+        "sidecar_audit"
+    ):
+        fields["exceptionMessage"] = str(exc)[:500]
+    return fields
 
 
 def setup_logging(level: str) -> None:

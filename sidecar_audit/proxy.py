@@ -1,22 +1,30 @@
 """The proxy path: one request in, forwarded to vLLM, its answer streamed back, one record out.
 
 Invariants:
-- Every upstream chunk is written to the client as it arrives (no buffering);
-  the only exception is the usage-only SSE event the sidecar itself asked for,
-  which is removed (see `sse.UsageChunkFilter`).
+- Every upstream chunk is written to the client as it arrives, in the same
+  call that received it (no buffering, no wake-up in between); the only
+  exception is the usage-only SSE event the sidecar itself asked for, which is
+  removed (see `sse.UsageChunkFilter`).
 - The capture sees each upstream chunk once, after it was written.
 - Exactly one audit record per request, built when the exchange ends, whether
-  it completed, was rejected, failed upstream or lost its client (`_finish`
-  runs in `finally` at the latest, synchronously, so even a cancelled handler
-  records).
+  it completed, was rejected, failed upstream, lost its client or hit a defect
+  of ours (`_finish` runs in `finally` at the latest, synchronously, so even a
+  cancelled handler records; if the full record cannot be built, a minimal one
+  is — see `minimal_record`).
 - A client never holds a complete answer whose record is not spooled: the
   record is appended before the bytes that complete the answer leave — the
   SSE chunk carrying `data: [DONE]`, the last bytes of a body of known length,
-  the end of a chunked body. Those bytes follow the upstream's end of stream,
-  so holding them back costs the client nothing. (If the client then fails to
-  take them, the record still says `completed`: it got the whole answer but
-  its last bytes.)
-- No total timeout: connect and read-idle timeouts only.
+  the end of a chunked body.
+- The upstream connection is handed back to the pool only by `release`, which
+  reuses it only if its response was read to the end and every byte went to
+  this exchange's relay (upstream.py states the invariant); a client that left
+  before the relay started therefore closes it.
+- Outcomes are decided in one place, `errors.outcome_of`, from the facts
+  collected here.
+- Deadlines: the request body (`REQUEST_BODY_TIMEOUT_S`, 408), a free upstream
+  connection (`UPSTREAM_QUEUE_TIMEOUT_S`, 503), vLLM's silence
+  (`UPSTREAM_READ_TIMEOUT_S`, 504), a client that takes nothing
+  (`CLIENT_WRITE_STALL_S`, disconnected). No total timeout.
 - A client that goes away closes the upstream connection, so vLLM aborts the
   generation.
 """
@@ -35,33 +43,42 @@ from aiohttp import web
 
 from . import errors
 from .capture import BodyCapture, StreamCapture
+from .client_stream import ClientStream
 from .config import Config
 from .headers import (
+    IdentityProblem,
+    Redaction,
     choose_request_id,
     client_response_headers,
-    missing_audit_header,
+    read_edge,
+    read_identity,
     recorded_headers,
+    recorded_query,
     upstream_request_headers,
 )
+from .json_body import TopLevel, record_json, set_member
 from .record import (
+    SCHEMA_VERSION,
     BodyFacts,
     Identity,
+    attribution,
     body_view,
     build_record,
-    request_model,
+    inflates_beyond,
+    iso_utc,
     usage_view,
 )
-from .routing import parse_json_object, path_allowed, with_usage_requested
+from .routing import path_allowed, usage_options_to_send
 from .sse import UsageChunkFilter
-from .upstream import ClientGone, Connection, UpstreamError, UpstreamPool
+from .upstream import ClientGone, Connection, UpstreamError, UpstreamPool, Wake
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
-# Client write buffer above which reading from vLLM pauses until it drains below the low mark.
-_WRITE_HIGH = 256 * 1024
-_WRITE_LOW = 64 * 1024
 _DONE_EVENT = b"data: [DONE]\n\n"
+# The request members the proxy reads (json_body.TopLevel); nothing else is parsed.
+REQUEST_MEMBERS = ("model", "stream", "stream_options", "n")
+_RESPONSE_MEMBERS = ("model", "usage")
 
 
 @dataclass
@@ -89,15 +106,18 @@ class Exchange:
         self.method = request.method
         self.path = request.path
         self.query = request.query_string
-        self.headers = request.headers
-        self.raw_headers = [
+        self.raw_request_headers = request.raw_headers
+        # The wire's bytes as text, one char per byte: forwarded to vLLM unchanged.
+        self.headers_in = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
         ]
+        self.headers_sent: list[tuple[str, str]] | None = None  # what vLLM received
+        self.identity: dict[str, str] = {}
+        self.edge: dict[str, str | None] = {}
         self.body = b""
-        self.body_json: dict[str, Any] | None = None
-        self.status = 0
-        self.outcome = errors.COMPLETED
-        self.error: dict[str, Any] | None = None
+        self.members: dict[str, Any] | None = None
+        self.usage_added = False
+        self.facts = errors.Facts()
         self.response_headers: list[tuple[str, str]] = []
         self.capture: BodyCapture | StreamCapture | None = None
         self.content_type: str | None = None
@@ -105,103 +125,174 @@ class Exchange:
         self.upstream_started: float | None = None
         self.finished = False
 
-    def fail(self, err: errors.ProxyError) -> None:
-        self.outcome = err.outcome
-        self.error = err.as_record_error()
-
-    def build(self, config: Config, identity: Identity) -> Finished:
+    def build(self, config: Config, identity: Identity, redaction: Redaction) -> Finished:
         ended = self.clock()
         limit = config.max_recorded_body_bytes
-        redact = config.redacted_headers
-        request_view = body_view(
-            BodyFacts(
-                head=self.body[:limit],
-                size=len(self.body),
-                sha256=hashlib.sha256(self.body).hexdigest(),
-                content_type=self.headers.get("content-type"),
-                content_encoding=self.headers.get("content-encoding"),
-                parsed=self.body_json,
-            ),
-            limit,
-        )
-        model = request_model(request_view["body"])
+        request_view = body_view(self._request_facts(limit), limit)
+        model = _text(self.members, "model")
         usage: Any = None
-        choices = events = stream_error = None
+        choices = events = None
         ttft: float | None = None
         capture = self.capture
+        facts = self.facts
+        status_head = b""
         if isinstance(capture, StreamCapture):
             response_view = capture.finish()
             assembler = capture.assembler
             choices, events = assembler.result(), assembler.events
-            stream_error, usage = assembler.error, assembler.usage
+            facts.stream_error, usage = assembler.error, assembler.usage
             model = assembler.model or model
             if capture.first_token_at is not None:
                 ttft = capture.first_token_at - self.started
-            if stream_error is not None and self.outcome == errors.COMPLETED:
-                self.outcome = errors.UPSTREAM_ERROR
-                self.error = {"type": "stream_error", "message": _error_message(stream_error)}
         elif isinstance(capture, BodyCapture):
-            response_view = body_view(
-                capture.facts(self.content_type, self.content_encoding), limit
-            )
-            body = response_view["body"]
-            if isinstance(body, dict):
-                usage = body.get("usage")
-                model = body.get("model") if isinstance(body.get("model"), str) else model
+            body_facts = capture.facts(self.content_type, self.content_encoding)
+            response_view = body_view(body_facts, limit)
+            status_head = body_facts.head
+            if not response_view["truncated"] and body_facts.content_encoding is None:
+                members = TopLevel(_RESPONSE_MEMBERS).read(body_facts.head) or {}
+                usage = members.get("usage")
+                model = _text(members, "model") or model
         else:
             response_view = {"body": None, "bytes": 0, "sha256": None, "truncated": False}
-        if self.outcome == errors.COMPLETED and self.status >= 500:
-            self.outcome = errors.UPSTREAM_ERROR
-            self.error = {"type": "upstream_status", "message": _status_message(response_view)}
+        outcome, error = errors.outcome_of(facts)
+        if error is not None and error["type"] == "upstream_status":
+            error["message"] = _status_message(status_head) or error["message"]
+        sent = self.headers_sent if self.headers_sent is not None else self.headers_in
+        request_headers = recorded_headers(sent, redaction)
         record = build_record(
             request_id=self.request_id,
             started_at=self.started_at,
             method=self.method,
             path=self.path,
-            query=self.query,
-            request_headers=recorded_headers(self.raw_headers, redact),
+            query=recorded_query(self.query, redaction),
+            request_headers=request_headers,
+            identity_headers=self.identity,
+            edge=self.edge,
             request_body=request_view,
-            status_code=self.status,
+            status_code=facts.status,
             latency_ms=(ended - self.started) * 1000.0,
             ttft_ms=None if ttft is None else ttft * 1000.0,
-            outcome=self.outcome,
-            error=self.error,
+            outcome=outcome,
+            error=error,
             model=model,
-            stream=bool(self.body_json and self.body_json.get("stream") is True),
+            stream=isinstance(capture, StreamCapture),
             usage=usage_view(usage),
-            response_headers=recorded_headers(self.response_headers, redact),
+            response_headers=recorded_headers(self.response_headers, redaction),
             response_body=response_view,
             choices=choices,
             events=events,
-            stream_error=stream_error,
+            stream_error=facts.stream_error,
             identity=identity,
         )
+        if self.usage_added:
+            record["request"]["usageRequestedBySidecar"] = True
         overhead = None if self.upstream_started is None else self.upstream_started - self.started
         return Finished(
             record=record,
             started_at=self.started_at,
             path=self.path,
-            status=self.status,
-            outcome=self.outcome,
+            status=facts.status,
+            outcome=outcome,
             latency_s=ended - self.started,
             ttft_s=ttft,
             overhead_s=overhead,
         )
 
+    def _request_facts(self, limit: int) -> BodyFacts:
+        body = self.body
+        encoding = _header(self.headers_in, "content-encoding")
+        return BodyFacts(
+            head=body[:limit],
+            size=len(body),
+            sha256=hashlib.sha256(body).hexdigest(),
+            content_type=_header(self.headers_in, "content-type"),
+            content_encoding=encoding,
+            parsed=record_json(body) if encoding is None and len(body) <= limit else None,
+        )
 
-def _error_message(error: Any) -> str:
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"]
-    return str(error)[:500]
+    def minimal(self, identity: Identity, failure: BaseException) -> Finished:
+        """The record when the full one cannot be built: ids, identity, status, sizes, hashes."""
+        body = self.body
+        record = minimal_record(
+            request_id=self.request_id,
+            started_at=self.started_at,
+            method=self.method,
+            path=self.path,
+            identity_headers=self.identity,
+            status=self.facts.status,
+            failure=f"the full record could not be built: {type(failure).__name__}",
+            request_bytes=len(body),
+            request_sha256=hashlib.sha256(body).hexdigest(),
+            response_bytes=getattr(self.capture, "size", None),
+            sidecar=identity,
+        )
+        latency = self.clock() - self.started
+        return Finished(
+            record,
+            self.started_at,
+            self.path,
+            self.facts.status,
+            errors.SIDECAR_ERROR,
+            latency,
+            None,
+            None,
+        )
 
 
-def _status_message(view: dict[str, Any]) -> str:
-    body = view.get("body")
+def minimal_record(
+    *,
+    request_id: str,
+    started_at: float,
+    method: str,
+    path: str,
+    identity_headers: dict[str, str],
+    status: int,
+    failure: str,
+    request_bytes: int,
+    request_sha256: str,
+    response_bytes: int | None,
+    sidecar: Identity,
+) -> dict[str, Any]:
+    """A record built from plain scalars only, so it can always be built and encoded. Pure."""
+    return {
+        "schemaVersion": SCHEMA_VERSION,
+        "requestId": request_id,
+        "timestamp": iso_utc(started_at),
+        "method": method,
+        "path": path,
+        **attribution(identity_headers),
+        "statusCode": status,
+        "outcome": errors.SIDECAR_ERROR,
+        "error": {"type": "record_failed", "message": failure},
+        "request": {"bytes": request_bytes, "sha256": request_sha256},
+        "response": {"bytes": response_bytes},
+        "sidecar": sidecar.as_dict(),
+        "minimal": True,
+    }
+
+
+def _text(members: dict[str, Any] | None, name: str) -> str | None:
+    value = (members or {}).get(name)
+    return value if isinstance(value, str) else None
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _status_message(head: bytes) -> str | None:
+    """vLLM's error message from the start of an error body, if it is in the usual shape."""
+    body = TopLevel(("error", "message")).read(head) if head else None
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
             return inner["message"][:500]
-    return "the model server answered with an error status"
+        if isinstance(body.get("message"), str):
+            return body["message"][:500]
+    return None
 
 
 class Proxy:
@@ -220,6 +311,8 @@ class Proxy:
         self._identity = identity
         self._admit = admit
         self._on_finished = on_finished
+        self._redaction = Redaction(config.redacted_headers, config.redact_name_patterns)
+        self._members = TopLevel(REQUEST_MEMBERS)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # perf_counter, not loop.time(): uvloop's clock counts whole milliseconds.
@@ -229,58 +322,70 @@ class Proxy:
         except asyncio.CancelledError:
             transport = request.transport
             if transport is None or transport.is_closing():
-                ex.outcome = errors.CLIENT_DISCONNECTED
-                ex.error = {
-                    "type": "client_disconnected",
-                    "message": "the client closed the connection",
-                }
+                ex.facts.client_gone = "the client closed the connection"
             else:
-                ex.outcome = errors.UPSTREAM_ERROR
-                ex.error = {
-                    "type": "sidecar_shutdown",
-                    "message": "the sidecar stopped before the exchange ended",
-                }
+                ex.facts.shutdown = True
             raise
+        except Exception as exc:  # a defect of ours before the answer started
+            log.exception("handling the request failed", extra={"requestId": ex.request_id})
+            ex.facts.defect = type(exc).__name__
+            return self._reply(ex, errors.sidecar_failure(type(exc).__name__))
         finally:
             if not ex.finished:
                 self._finish(ex)
 
     def _finish(self, ex: Exchange) -> None:
-        """Build the record and hand it over (the spool append happens here); once."""
+        """Build the record and hand it over (the spool append happens there); exactly once."""
         ex.finished = True
-        self._on_finished(ex.build(self._config, self._identity))
+        try:
+            done = ex.build(self._config, self._identity, self._redaction)
+        except Exception as exc:
+            log.exception("building the audit record failed", extra={"requestId": ex.request_id})
+            done = ex.minimal(self._identity, exc)
+        self._on_finished(done)
 
     async def _exchange(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         try:
-            self._check(request)
+            self._check(request, ex)
             ex.body = await self._read_body(request)
+            self._check_encoding(ex)
         except errors.ProxyError as err:
             return self._reject(ex, err)
-        ex.body_json = parse_json_object(ex.body)
-        rewritten = with_usage_requested(ex.path, ex.body_json)
-        headers = upstream_request_headers(ex.raw_headers, ex.request_id)
+        body = self._upstream_body(ex)
+        headers = upstream_request_headers(ex.headers_in, ex.request_id)
+        ex.headers_sent = headers
         ex.upstream_started = ex.clock()
         try:
-            conn = await self._upstream.request(
-                request.method, request.raw_path, headers, rewritten or ex.body
-            )
+            conn = await self._upstream.request(request.method, request.raw_path, headers, body)
         except UpstreamError as exc:
-            return self._reject(ex, errors.from_upstream_exception(exc))
+            err = errors.from_upstream_exception(exc)
+            if err.outcome == errors.REJECTED:
+                ex.headers_sent = None  # vLLM never received it
+            ex.facts.upstream = err if err.outcome != errors.REJECTED else None
+            ex.facts.rejected = err if err.outcome == errors.REJECTED else None
+            return self._reply(ex, err)
         try:
-            return await self._relay(request, ex, conn, strip_usage=rewritten is not None)
+            return await self._relay(request, ex, conn, strip_usage=ex.usage_added)
         finally:
-            # Pooled again only after a complete response; otherwise closed, so vLLM
-            # sees the disconnect and stops generating.
+            # Pooled again only after a complete response (upstream.py's invariant);
+            # otherwise closed, so vLLM sees the disconnect and stops generating.
             self._upstream.release(conn)
 
-    def _check(self, request: web.Request) -> None:
+    def _check(self, request: web.Request, ex: Exchange) -> None:
         if not path_allowed(request.raw_path, self._config.allowed_paths):
             raise errors.not_found(request.path)
         # A CORS preflight cannot carry custom headers; it is forwarded (and audited) as is.
-        if self._config.require_audit_headers and request.method != "OPTIONS":
-            missing = missing_audit_header(request.headers)
-            if missing is not None:
-                raise errors.missing_audit_header(missing)
+        required = self._config.require_audit_headers and request.method != "OPTIONS"
+        try:
+            ex.identity = read_identity(request.raw_headers, required=required)
+        except IdentityProblem as problem:
+            if problem.kind == "missing":
+                raise errors.missing_audit_header(problem.header) from None
+            if problem.kind == "repeated":
+                raise errors.repeated_audit_header(problem.header) from None
+            raise errors.bad_audit_header(problem.header, problem.why) from None
+        if self._config.trust_edge_headers:
+            ex.edge = read_edge(request.raw_headers)
         refusal = self._admit()
         if refusal is not None:
             raise refusal
@@ -289,18 +394,41 @@ class Proxy:
         limit = self._config.max_request_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise errors.body_too_large(limit)
-        parts: list[bytes] = []
-        size = 0
-        while chunk := await request.content.read(_READ_SIZE):
-            size += len(chunk)
-            if size > limit:
-                raise errors.body_too_large(limit)
-            parts.append(chunk)
-        return b"".join(parts)
+        buffer = bytearray()
+        try:
+            async with asyncio.timeout(self._config.request_body_timeout):
+                while chunk := await request.content.read(_READ_SIZE):
+                    if len(buffer) + len(chunk) > limit:
+                        raise errors.body_too_large(limit)
+                    buffer += chunk
+        except TimeoutError:
+            raise errors.body_timeout(self._config.request_body_timeout) from None
+        return bytes(buffer)
+
+    def _check_encoding(self, ex: Exchange) -> None:
+        encoding = _header(ex.headers_in, "content-encoding")
+        limit = self._config.max_request_body_bytes
+        if encoding is not None and inflates_beyond(ex.body, encoding, limit):
+            raise errors.decoded_body_too_large(limit)
+
+    def _upstream_body(self, ex: Exchange) -> bytes:
+        """The bytes vLLM gets: the client's, with usage asked for when the sidecar needs it."""
+        if _header(ex.headers_in, "content-encoding") is not None:
+            return ex.body  # forwarded exactly as encoded; vLLM judges it
+        ex.members = self._members.read(ex.body)
+        options = usage_options_to_send(ex.path, ex.members)
+        if options is None:
+            return ex.body
+        ex.usage_added = True
+        return set_member(ex.body, "stream_options", options)
 
     def _reject(self, ex: Exchange, err: errors.ProxyError) -> web.Response:
-        ex.fail(err)
-        ex.status = err.status
+        ex.facts.rejected = err
+        return self._reply(ex, err)
+
+    def _reply(self, ex: Exchange, err: errors.ProxyError) -> web.Response:
+        """Answer with one of our errors (OpenAI shape) and keep it for the record."""
+        ex.facts.status = err.status
         body = err.body()
         ex.capture = BodyCapture(self._config.max_recorded_body_bytes)
         ex.capture.feed(body)
@@ -321,7 +449,7 @@ class Proxy:
         head = conn.head
         assert head is not None
         ex.response_headers = head.raw_headers
-        ex.status = head.status
+        ex.facts.status = head.status
         ex.content_type = head.header("content-type")
         ex.content_encoding = head.header("content-encoding")
         is_sse = (ex.content_type or "").lower().startswith("text/event-stream")
@@ -337,11 +465,12 @@ class Proxy:
         else:
             capture = BodyCapture(self._config.max_recorded_body_bytes)
         ex.capture = capture
-        await response.prepare(request)
+        stall = self._config.client_write_stall
+        client: ClientStream | None = None
         try:
+            client = await ClientStream.open(response, request)
             relay = _BodyRelay(
-                request,
-                response,
+                client,
                 conn,
                 capture,
                 UsageChunkFilter() if strip_usage and is_sse else None,
@@ -349,81 +478,54 @@ class Proxy:
                 None if is_sse else head.content_length,
             )
             conn.start_body(relay.on_chunk)
-            while not await conn.wait():
-                await relay.catch_up()
-            await relay.catch_up()
+            while await conn.wait() is Wake.NUDGED:
+                await client.drain(stall)
+                conn.resume_reading()
             held = relay.end()
             self._finish(ex)
-            if held:
-                await response.write(held)
-        except (ClientGone, ConnectionResetError):
-            ex.outcome = errors.CLIENT_DISCONNECTED
-            ex.error = {
-                "type": "client_disconnected",
-                "message": "the client closed the connection",
-            }
-            return response
+            await client.end(held, stall)
+        except (ClientGone, ConnectionError) as exc:
+            ex.facts.client_gone = str(exc) or "the client closed the connection"
+            if client is not None:
+                client.abort()
         except UpstreamError as exc:
-            ex.fail(errors.from_upstream_exception(exc))
-            _abort_client(request, response)
-            return response
-        except Exception as exc:  # a defect of ours mid-relay: the record says so, not "completed"
+            ex.facts.upstream = errors.from_upstream_exception(exc)
+            if client is not None:
+                client.abort()
+        except Exception as exc:  # a defect of ours mid-relay: the record says so
             log.exception("relaying the answer failed", extra={"requestId": ex.request_id})
-            ex.outcome = errors.UPSTREAM_ERROR
-            ex.error = {"type": "sidecar_error", "message": type(exc).__name__}
-            _abort_client(request, response)
-            return response
-        await response.write_eof()
+            ex.facts.defect = type(exc).__name__
+            if client is not None:
+                client.abort()
         return response
 
 
 class _BodyRelay:
     """Forwards vLLM's body to the client from inside the connection's `data_received`.
 
-    Before the first write the response head is still in aiohttp's writer, so
-    the first bytes go through `response.write` (on the proxy's task, woken for
-    it); after that each chunk is written to the client's transport in the same
-    call that received it, framed as aiohttp chose (chunked or not). A client
-    that does not keep up pauses reading from vLLM until its buffer drains.
+    The response head is already on the wire (ClientStream sent it), so each
+    chunk is written to the client in the same call that received it. A client
+    that does not keep up pauses reading from vLLM and nudges the proxy's task,
+    which waits for the client to drain (or to stall out).
     """
 
-    __slots__ = (
-        "_capture",
-        "_chunked",
-        "_conn",
-        "_direct",
-        "_early",
-        "_filter",
-        "_held",
-        "_length",
-        "_received",
-        "_response",
-        "_transport",
-    )
+    __slots__ = ("_capture", "_client", "_conn", "_filter", "_held", "_length", "_received")
 
     def __init__(
         self,
-        request: web.Request,
-        response: web.StreamResponse,
+        client: ClientStream,
         conn: Connection,
         capture: BodyCapture | StreamCapture,
         usage_filter: UsageChunkFilter | None,
         length: int | None,
     ) -> None:
-        self._response = response
-        transport = request.transport
-        if transport is None:  # the client left before the head was sent
-            raise ConnectionResetError("the client closed the connection")
-        self._transport = transport
-        self._chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self._client = client
         self._conn = conn
         self._capture = capture
         self._filter = usage_filter
         self._length = length
         self._received = 0
         self._held = b""
-        self._early: list[bytes] = []
-        self._direct = False
 
     def on_chunk(self, chunk: bytes) -> None:
         """One piece of vLLM's body, in the order received; never blocks."""
@@ -444,34 +546,11 @@ class _BodyRelay:
         self._capture.feed(chunk)
 
     def _emit(self, data: bytes) -> None:
-        if not self._direct:
-            self._early.append(data)
-            self._conn.wake()
-            return
-        transport = self._transport
-        if transport.is_closing():
-            raise ClientGone("the client closed the connection")
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
-        if transport.get_write_buffer_size() > _WRITE_HIGH:
+        client = self._client
+        client.write(data)
+        if client.congested:
             self._conn.pause_reading()
             self._conn.wake()
-
-    async def catch_up(self) -> None:
-        """On the proxy's task: write what waited for the head, or wait for a slow client."""
-        if self._early:
-            data = b"".join(self._early)
-            self._early.clear()
-            await self._response.write(data)  # sends the head too
-        self._direct = True
-        transport = self._transport
-        if transport.is_closing():
-            raise ClientGone("the client closed the connection")
-        if transport.get_write_buffer_size() > _WRITE_HIGH:
-            while transport.get_write_buffer_size() > _WRITE_LOW:
-                if transport.is_closing():
-                    raise ClientGone("the client closed the connection")
-                await asyncio.sleep(0.005)
-        self._conn.resume_reading()
 
     def end(self) -> bytes:
         """The bytes still held back once vLLM's body is complete."""
@@ -480,11 +559,3 @@ class _BodyRelay:
             held += self._filter.flush()
         self._held = b""
         return held
-
-
-def _abort_client(request: web.Request, response: web.StreamResponse) -> None:
-    """End the client's connection without a terminating chunk: the body is incomplete."""
-    response.force_close()
-    transport = request.transport
-    if transport is not None:
-        transport.close()

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from .json_body import record_json
+
 SCHEMA_VERSION = 1
 UNKNOWN = "unknown"
 
@@ -28,7 +30,7 @@ class BodyFacts:
     sha256: str
     content_type: str | None = None
     content_encoding: str | None = None
-    parsed: Any = None  # the whole body, already parsed as JSON by the caller, if it was
+    parsed: Any = None  # the whole body as verbatim JSON (json_body.record_json), if it is
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,30 @@ def _inflate(data: bytes, encoding: str, limit: int) -> tuple[bytes, bool] | Non
         return None
     if len(out) > limit or inflater.unconsumed_tail:
         return out[:limit], True
-    return out, False
+    return out, not inflater.eof  # the compressed bytes we kept were cut short
+
+
+def inflates_beyond(data: bytes, encoding: str, limit: int) -> bool:
+    """True when undoing gzip/deflate would give more than `limit` bytes (a bomb).
+
+    Inflates in 1 MiB steps and keeps nothing, so memory stays bounded whatever
+    the ratio. Unknown codings and undecodable bytes are not judged here (False):
+    they are forwarded as sent and vLLM answers them.
+    """
+    wbits = {"gzip": 31, "x-gzip": 31, "deflate": 15}.get(encoding.strip().lower())
+    if wbits is None:
+        return False
+    inflater = zlib.decompressobj(wbits)
+    total, tail = 0, data
+    try:
+        while tail and not inflater.eof:
+            total += len(inflater.decompress(tail, 1 << 20))
+            if total > limit:
+                return True
+            tail = inflater.unconsumed_tail
+    except zlib.error:
+        return False
+    return False
 
 
 _TEXTUAL_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded", "+json")
@@ -150,10 +175,9 @@ def _parsed(data: bytes, content_type: str | None, truncated: bool) -> Any:
         data.lstrip()[:1] in (b"{", b"[")
     )
     if looks_json and not truncated:
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
+        verbatim = record_json(data)
+        if verbatim is not None:
+            return verbatim
     return data.decode("utf-8", "replace")
 
 
@@ -163,22 +187,32 @@ def body_view(facts: BodyFacts, limit: int) -> dict[str, Any]:
     Multipart form data (audio uploads) keeps its text fields and the size of
     each file; other binary types (audio, images, octet streams) are recorded
     as null with their size and digest. A compressed body is inflated for the
-    record (at most `limit` bytes); one that was cut, or cannot be inflated, is
-    recorded as null, with its size and digest.
+    record (at most `limit` bytes, from as much of it as was kept); one that
+    cannot be inflated is recorded as null, with its size and digest.
     """
     truncated = facts.size > limit
     head = facts.head[:limit]
     encoding = (facts.content_encoding or "identity").strip().lower()
     if encoding != "identity":
-        inflated = None if truncated else _inflate(head, encoding, limit)
+        inflated = _inflate(head, encoding, limit)
         if inflated is None:
             return {
                 "body": None,
                 "bytes": facts.size,
                 "sha256": facts.sha256,
                 "truncated": truncated,
+                "contentEncoding": encoding,
+                "decoded": False,
             }
-        head, truncated = inflated
+        head, cut = inflated
+        return {
+            "body": _parsed(head, facts.content_type, truncated or cut),
+            "bytes": facts.size,
+            "sha256": facts.sha256,
+            "truncated": truncated or cut,
+            "contentEncoding": encoding,
+            "decoded": True,
+        }
     elif facts.parsed is not None and not truncated:
         return {
             "body": facts.parsed,
@@ -195,7 +229,11 @@ def body_view(facts: BodyFacts, limit: int) -> dict[str, Any]:
 
 
 def attribution(headers: Mapping[str, str]) -> dict[str, str]:
-    """source / userId / requestType / projectId from the x-llm-* headers (`unknown` if absent)."""
+    """source / userId / requestType / projectId from the x-llm-* values (`unknown` if absent).
+
+    `headers` maps lower-case header names to their values as
+    `headers.read_identity` decoded them (UTF-8, checked, once each).
+    """
 
     def get(name: str) -> str:
         value = headers.get(name, "").strip()
@@ -235,16 +273,6 @@ def usage_view(usage: Any) -> dict[str, int | None] | None:
     return {"promptTokens": prompt, "completionTokens": completion, "totalTokens": total}
 
 
-def request_model(body: Any) -> str | None:
-    if isinstance(body, dict) and isinstance(body.get("model"), str):
-        return body["model"]
-    return None
-
-
-def wants_stream(body: Any) -> bool:
-    return isinstance(body, dict) and body.get("stream") is True
-
-
 def build_record(
     *,
     request_id: str,
@@ -253,6 +281,8 @@ def build_record(
     path: str,
     query: str,
     request_headers: dict[str, str],
+    identity_headers: Mapping[str, str],
+    edge: Mapping[str, str | None],
     request_body: dict[str, Any],
     status_code: int,
     latency_ms: float,
@@ -277,7 +307,9 @@ def build_record(
         "method": method,
         "path": path,
         "query": query,
-        **attribution(request_headers),
+        **attribution(identity_headers),
+        "apiKeyId": edge.get("apiKeyId"),
+        "edgeRequestId": edge.get("edgeRequestId"),
         "statusCode": status_code,
         "latencyMs": round(latency_ms, 3),
         "ttftMs": None if ttft_ms is None else round(ttft_ms, 3),

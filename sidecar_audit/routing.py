@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-import orjson
-
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
@@ -30,29 +28,20 @@ def path_allowed(raw_path: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-def parse_json_object(body: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, or None when it is anything else."""
-    if not body or body.lstrip()[:1] != b"{":
-        return None
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
+def usage_options_to_send(path: str, members: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The `stream_options` the sidecar sends instead of the client's, when it must ask for usage.
 
-
-def with_usage_requested(path: str, body: dict[str, Any] | None) -> bytes | None:
-    """The body re-encoded with `stream_options.include_usage` on, when the sidecar must add it.
-
-    Returns None when the request is not a streaming generation, already asks
-    for usage, or cannot be re-encoded faithfully; the body is then forwarded
-    as received.
+    `members` are the request's top-level members (json_body.TopLevel). Returns
+    None when the request is not a streaming generation, already asks for
+    usage, or carries a `stream_options` vLLM would refuse (left for vLLM to
+    judge, untouched). The result is appended as the body's last member
+    (json_body.set_member), which is the one vLLM's JSON parser keeps.
     """
-    if path not in GENERATION_PATHS or body is None or body.get("stream") is not True:
+    if path not in GENERATION_PATHS or members is None or members.get("stream") is not True:
         return None
-    options = body.get("stream_options")
+    options = members.get("stream_options")
     if options is not None and not isinstance(options, dict):
-        return None  # let vLLM judge a malformed value, untouched
+        return None
     if isinstance(options, dict) and options.get("include_usage") is True:
         return None
     wanted = {**(options or {}), "include_usage": True}
@@ -60,8 +49,4 @@ def with_usage_requested(path: str, body: dict[str, Any] | None) -> bytes | None
         # vLLM honours continuous stats only with include_usage; the client, who did
         # not ask for usage, would not have had them, so keep them off.
         wanted["continuous_usage_stats"] = False
-    changed = {**body, "stream_options": wanted}
-    try:
-        return orjson.dumps(changed)
-    except (TypeError, orjson.JSONEncodeError):
-        return None
+    return wanted

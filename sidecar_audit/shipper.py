@@ -5,10 +5,13 @@ One job: move what the spool holds to the object sink, at least once.
 Invariants:
 - A segment is deleted only after the sink confirmed every object made from it.
   A crash in between ships it again: delivery is at least once.
-- Object keys are a pure function of the segment (batch object, keyed by the
-  segment's name = batch id) or of the record (per-request object, keyed by its
-  `requestId`), and gzip bodies carry no timestamp: a retried upload overwrites
-  the same key with the same bytes, it never adds an object.
+- Object keys are a pure function of the segment: the batch object is keyed by
+  the segment's name (the batch id), a per-request object by its `requestId`
+  *and* its place in the segment. Never by client input alone: a `requestId`
+  may come from the client's `x-request-id`, and two clients sending the same
+  one must not overwrite each other's record. Gzip bodies carry no timestamp:
+  a retried upload overwrites the same key with the same bytes, it never adds
+  an object.
 - A failed put is retried with exponential backoff and full jitter, capped, for
   as long as the process lives; nothing is ever given up. Each failed attempt
   is one log line (warning; error when the failure will not heal by itself,
@@ -22,8 +25,10 @@ Object layout (DESIGN.md, wire contract 2):
 - batch: `<prefix>/YYYY/MM/DD/<batch id>.ndjson.gz`, the date (UTC) of the
   segment's first record, gzip'd NDJSON (one record per `\\n`-terminated line),
   Content-Type application/x-ndjson, no Content-Encoding (the gzip is the object).
-- per request: `<prefix>/YYYY/MM/DD/<requestId>.json`, the date from the record's
-  `timestamp`, the record as spooled, Content-Type application/json.
+- per request: `<prefix>/YYYY/MM/DD/<requestId>.<batch id>-<index>.json`, the
+  date from the record's `timestamp`, the record as spooled, Content-Type
+  application/json (DESIGN's `<requestId>.json`, made unique by the sidecar's
+  own batch id and the record's index in it).
 """
 
 from __future__ import annotations
@@ -83,16 +88,19 @@ def batch_object(prefix: str, contents: SegmentContents) -> AuditObject:
 
 
 def request_object(prefix: str, stem: str, index: int, frame: Frame) -> AuditObject:
-    """`<requestId>.json` under the record's own date; a record without a usable id or
-    timestamp (never written by the proxy) still ships, as `<batch id>-<index>.json`."""
+    """`<requestId>.<batch id>-<index>.json` under the record's own date; a record without
+    a usable id or timestamp (never written by the proxy) ships as `<batch id>-<index>.json`."""
     request_id, day = _identity(frame.payload)
     if request_id is None or day is None:
         log.warning(
             "audit record without a usable requestId/timestamp; shipped under its batch id",
             extra={"segment": stem, "index": index},
         )
-        request_id, day = f"{stem}-{index:06d}", day_of_us(frame.time_us)
-    return AuditObject(_key(prefix, day, f"{request_id}.json"), frame.payload, JSON_CONTENT_TYPE, 1)
+        name = f"{stem}-{index:06d}.json"
+        day = day or day_of_us(frame.time_us)
+    else:
+        name = f"{request_id}.{stem}-{index:06d}.json"
+    return AuditObject(_key(prefix, day, name), frame.payload, JSON_CONTENT_TYPE, 1)
 
 
 def day_of_us(time_us: int) -> str:

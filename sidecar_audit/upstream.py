@@ -1,52 +1,75 @@
-"""The connection to vLLM: a small HTTP/1.1 client that pushes each response chunk to a callback.
+"""The connection to vLLM: an HTTP/1.1 client that pushes each response chunk to a callback.
 
 Why not aiohttp's client here: its response body goes through a StreamReader,
 so every upstream chunk (one SSE event = one token) costs a future, a task
-wake-up and a read coroutine before the proxy can forward it. Profiles of the
-sidecar under streaming load showed that machinery, not auditing, as the bulk
-of the per-event cost. Here the event loop's `data_received` decodes the HTTP
-framing and hands the payload straight to the proxy's callback, which writes it
-to the client in the same call; the proxy's task sleeps until the body ends (or
-the client needs draining). The health probe still uses aiohttp's client.
+wake-up and a read coroutine before the proxy can forward it. Here the event
+loop's `data_received` parses the framing (llhttp, see http_response.py) and
+hands the payload straight to the proxy's sink, which writes it to the client
+in the same call. The health probe still uses aiohttp's client.
 
-Scope: what vLLM's server (uvicorn/h11) speaks, and nothing it does not —
-HTTP/1.1, a body framed by Content-Length, chunked transfer coding or the end
-of the connection; no 1xx other than being skipped, no upgrades, no pipelining.
+Scope: what vLLM's server (uvicorn/h11) speaks — HTTP/1.1, a body framed by
+Content-Length, chunked coding or the end of the connection; 1xx skipped; no
+upgrades, no pipelining.
 
-Invariants:
-- A connection carries one exchange at a time; it is pooled again only after a
-  complete, well-framed response that allows keep-alive.
+A `Connection` is an explicit state machine (h11's habit); an illegal
+transition raises `ProtocolStateError`:
+
+    IDLE ──send──► AWAIT_HEAD ──head──► BODY ──end──► DONE ──reset──► IDLE
+                        │                 │                  (pool; only if reusable)
+                        └─────fail────────┴──► FAILED
+    any state ──close──► CLOSED (terminal)
+
+The tenant-isolation invariant lives here: **a connection goes back to the pool
+only when its response was read to its exact end (llhttp's message complete),
+the server allows keep-alive, no byte followed it, and every body byte was
+handed to the exchange's sink — nothing buffered.** `UpstreamPool.release`
+checks it (`reusable`), `reset` asserts it, and every other path closes the
+connection, so no byte of one exchange can ever be read by another.
+
+Other invariants:
+- A connection carries one exchange at a time.
 - Idle connections are reused most-recent first and never after
   `keepalive_s` (below vLLM's own 5 s idle close).
 - Closing a connection mid-response is how an exchange is aborted: vLLM sees
   the disconnect and stops generating.
-- A request sent on a reused connection that the server closed before any byte
-  of its answer is retried once on a fresh connection (`StaleConnection`).
+- Wake-ups are sticky: `wake()` with nobody waiting is kept for the next
+  `wait()`, so a nudge can never be lost.
+- A request sent on a *reused* connection that the server closed before any
+  byte of its answer is retried once on a fresh connection. This cannot run a
+  generation twice: uvicorn closes a keep-alive connection that way only when
+  it is idle — a request it has read is answered, or dies with the server.
 - No total timeout; `read_timeout` bounds each silence (before the head and
   between body bytes), checked lazily so a busy stream costs no timer churn.
+  While the proxy has paused reading for a slow client, the silence is ours,
+  not vLLM's; the client's own stall limit is the proxy's business.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import re
+import enum
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-MAX_HEAD_BYTES = 64 * 1024
-MAX_LINE_BYTES = 4 * 1024
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+from .http_response import MalformedResponse, ResponseHead, ResponseReader
 
-# Body framing of a response.
-_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
-# Phases of a connection.
-_IDLE, _HEAD, _BODY, _DONE, _FAILED = range(5)
-# States of the chunked decoder.
-_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+__all__ = [
+    "ClientGone",
+    "Connection",
+    "ProtocolStateError",
+    "ResponseHead",
+    "StaleConnection",
+    "UpstreamBroken",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "Wake",
+    "request_head",
+]
 
 
 class UpstreamError(Exception):
@@ -61,6 +84,10 @@ class UpstreamTimeout(UpstreamError):
     """Connecting, or waiting for the next bytes, took longer than allowed."""
 
 
+class UpstreamBusy(UpstreamError):
+    """No connection slot became free in time (every slot is carrying an exchange)."""
+
+
 class UpstreamBroken(UpstreamError):
     """The connection ended or spoke something that is not HTTP/1.1 mid-exchange."""
 
@@ -70,258 +97,219 @@ class StaleConnection(UpstreamBroken):
 
 
 class ClientGone(Exception):
-    """The client's connection closed while its answer was being relayed."""
+    """The client's connection closed (or stalled) while its answer was being relayed."""
 
 
-@dataclass(frozen=True)
-class ResponseHead:
-    status: int
-    reason: str
-    raw_headers: list[tuple[str, str]]
-    content_length: int | None
-    keep_alive: bool
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        for key, value in self.raw_headers:
-            if key.lower() == name:
-                return value
-        return None
+class ProtocolStateError(RuntimeError):
+    """A defect: an operation that the connection's current state does not allow."""
 
 
-def parse_head(data: bytes, method: str) -> tuple[ResponseHead, int, int]:
-    """Status line and headers -> (head, framing, body length for _LENGTH). Pure."""
-    lines = data.split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise UpstreamBroken(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    version = parts[0]
-    status = int(parts[1])
-    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
-    headers: list[tuple[str, str]] = []
-    length: int | None = None
-    chunked = False
-    connection = ""
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise UpstreamBroken(f"malformed header line: {line[:80]!r}")
-        key = name.decode("latin-1")
-        text = value.strip().decode("latin-1")
-        headers.append((key, text))
-        lower = key.lower()
-        if lower == "content-length":
-            if not text.isdigit() or (length is not None and int(text) != length):
-                raise UpstreamBroken(f"bad content-length: {text[:40]!r}")
-            length = int(text)
-        elif lower == "transfer-encoding":
-            chunked = text.lower().rsplit(",", 1)[-1].strip() == "chunked"
-            if not chunked:
-                raise UpstreamBroken(f"unsupported transfer-encoding: {text[:40]!r}")
-        elif lower == "connection":
-            connection += "," + text.lower()
-    tokens = {t.strip() for t in connection.split(",")}
-    keep_alive = "close" not in tokens and (version == b"HTTP/1.1" or "keep-alive" in tokens)
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        framing, size = _NO_BODY, 0
-    elif chunked:
-        framing, size, length = _CHUNKED, 0, None
-    elif length is not None:
-        framing, size = (_LENGTH, length) if length else (_NO_BODY, 0)
-    else:
-        framing, size, keep_alive = _UNTIL_CLOSE, 0, False
-    return ResponseHead(status, reason, headers, length, keep_alive), framing, size
+class State(enum.Enum):
+    IDLE = "idle"
+    AWAIT_HEAD = "await_head"
+    BODY = "body"
+    DONE = "done"
+    FAILED = "failed"
+    CLOSED = "closed"
 
 
-def request_bytes(
-    method: str, target: str, host: str, headers: Sequence[tuple[str, str]], body: bytes
+class Wake(enum.Enum):
+    ENDED = "ended"  # the response is complete
+    NUDGED = "nudged"  # the sink asked the proxy's task to act (e.g. drain a slow client)
+
+
+_TRANSITIONS: dict[State, frozenset[State]] = {
+    State.IDLE: frozenset({State.AWAIT_HEAD, State.CLOSED}),
+    State.AWAIT_HEAD: frozenset({State.BODY, State.DONE, State.FAILED, State.CLOSED}),
+    State.BODY: frozenset({State.DONE, State.FAILED, State.CLOSED}),
+    State.DONE: frozenset({State.IDLE, State.CLOSED}),
+    State.FAILED: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+
+
+def request_head(
+    method: str, target: str, host: str, headers: Sequence[tuple[str, str]], body_size: int
 ) -> bytes:
-    """The request head (and body) as sent on the wire. Pure."""
+    """The request head as sent on the wire (the body follows it as is). Pure."""
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
-    if body or method in ("POST", "PUT", "PATCH"):
-        lines.append(f"Content-Length: {len(body)}")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head + body if body else head
-
-
-class ChunkedDecoder:
-    """Incremental decoder of the chunked transfer coding (RFC 9112 §7.1); pure, bytes in and out.
-
-    `feed()` returns the payload bytes the input completed (possibly empty);
-    once the last chunk and the trailer section have been read, `done` is set
-    and `trailing` says whether bytes followed the message.
-    """
-
-    __slots__ = ("_buf", "_left", "_state", "done", "trailing")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._left = 0
-        self._state = _SIZE
-        self.done = False
-        self.trailing = False
-
-    def feed(self, data: bytes) -> bytes:
-        if self.done:
-            self.trailing = self.trailing or bool(data)
-            return b""
-        if self._state == _SIZE and not self._buf:
-            # The common case on a token stream: the read holds exactly one whole chunk.
-            eol = data.find(b"\r\n", 0, 18)
-            if eol > 0 and _HEX.fullmatch(data, 0, eol) is not None:
-                start = eol + 2
-                end = start + int(data[:eol], 16)
-                if end > start and len(data) == end + 2 and data.endswith(b"\r\n"):
-                    return data[start:end]
-        if self._buf:
-            data = self._buf + data
-            self._buf = b""
-        out: list[bytes] = []
-        pos, size = 0, len(data)
-        while pos < size:
-            state = self._state
-            if state == _DATA:
-                take = min(self._left, size - pos)
-                out.append(data if take == size else data[pos : pos + take])
-                pos += take
-                self._left -= take
-                if not self._left:
-                    self._state = _DATA_END
-            elif state == _DATA_END:  # the CRLF after a chunk's data
-                if size - pos < 2:
-                    self._buf = data[pos:]
-                    break
-                if data[pos : pos + 2] != b"\r\n":
-                    raise UpstreamBroken("chunk data not followed by CRLF")
-                pos += 2
-                self._state = _SIZE
-            else:  # a chunk-size line, or a trailer line after the last chunk
-                eol = data.find(b"\r\n", pos)
-                if eol < 0:
-                    self._buf = data[pos:]
-                    if len(self._buf) > MAX_LINE_BYTES:
-                        raise UpstreamBroken("chunk size or trailer line too long")
-                    break
-                line = data[pos:eol]
-                pos = eol + 2
-                if state == _TRAILER:
-                    if not line:  # the blank line that ends the message
-                        self.done = True
-                        self.trailing = pos < size
-                        break
-                    continue
-                digits = line.split(b";", 1)[0].strip()
-                if _HEX.fullmatch(digits) is None:
-                    raise UpstreamBroken(f"bad chunk size {digits[:20]!r}")
-                chunk = int(digits, 16)
-                if chunk == 0:
-                    self._state = _TRAILER
-                else:
-                    self._left = chunk
-                    self._state = _DATA
-        if not out:
-            return b""
-        return out[0] if len(out) == 1 else b"".join(out)
+    if body_size or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {body_size}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class Connection(asyncio.Protocol):
-    """One keep-alive connection to vLLM; see the module docstring for its life."""
+    """One keep-alive connection to vLLM; see the module docstring for its states."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.transport: asyncio.Transport | None = None
-        self.closed = False
+        self.state = State.IDLE
         self.reused = False
         self.idle_since = 0.0
-        self._phase = _IDLE
-        self._method = "GET"
-        self._buf = b""
-        self._framing = _NO_BODY
-        self._left = 0
-        self._decoder = ChunkedDecoder()
+        self.head: ResponseHead | None = None
+        self._reader: ResponseReader | None = None
+        self._got_bytes = False
+        self._clean_end = False  # llhttp's end of message, keep-alive, nothing after it
+        self._complete = False  # the response ended (stays true once the connection closes)
         self._sink: Callable[[bytes], None] | None = None
-        self._pending: list[bytes] = []
-        self._waiter: asyncio.Future[bool] | None = None
-        self._result: bool | BaseException | None = None
-        self._reusable = False
+        self._pending: list[bytes] = []  # body bytes that arrived before the sink
+        self._nudged = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._timeout = 0.0
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self.head: ResponseHead | None = None
-        self.got_bytes = False
 
-    # --- asyncio.Protocol --------------------------------------------------------------
+    # --- state ----------------------------------------------------------------------------
+
+    def _to(self, new: State) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise ProtocolStateError(f"upstream connection: {self.state.value} -> {new.value}")
+        self.state = new
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def reusable(self) -> bool:
+        """The tenant-isolation invariant (module docstring): safe to give another exchange."""
+        transport = self.transport
+        return (
+            self.state is State.DONE
+            and self._clean_end
+            and self._sink is not None
+            and not self._pending
+            and self._error is None
+            and transport is not None
+            and not transport.is_closing()
+        )
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        phase = self._phase
-        if phase == _BODY and self._framing == _UNTIL_CLOSE:
-            self._reusable = False
-            self._finish()
-        elif phase == _HEAD and not self.got_bytes and self.reused:
+        state = self.state
+        self._cancel_timer()
+        if state is State.BODY and self._reader is not None and self._reader.eof():
+            pass  # a close-delimited body is complete (on_end moved us to DONE)
+        elif state is State.AWAIT_HEAD and not self._got_bytes and self.reused:
             self._fail(StaleConnection("the pooled connection was closed by the model server"))
-        elif phase in (_HEAD, _BODY):
+        elif state in (State.AWAIT_HEAD, State.BODY):
             detail = "closed before the end of the response"
             self._fail(UpstreamBroken(f"{detail}: {exc}" if exc else detail))
+        if self.state is not State.CLOSED:
+            self._to(State.CLOSED)
 
     def data_received(self, data: bytes) -> None:
         self._last = self._loop.time()
-        phase = self._phase
-        if phase == _BODY:
-            self._body(data)
-        elif phase == _HEAD:
-            self.got_bytes = True
-            self._buf += data
-            self._parse_head()
-        elif phase == _IDLE:  # bytes nobody asked for: the connection is unusable
+        state = self.state
+        if state is State.BODY or state is State.AWAIT_HEAD:
+            self._got_bytes = True
+            reader = self._reader
+            assert reader is not None
+            try:
+                reader.feed(data)
+            except MalformedResponse as exc:
+                self.abort(UpstreamBroken(f"not an HTTP/1.1 response: {exc}"))
+        elif state is State.DONE:  # bytes after a complete response: never reuse
+            self._clean_end = False
+        elif state is State.IDLE:  # bytes nobody asked for: the connection is unusable
             self.close()
-        else:  # bytes after a complete response: not HTTP we understand; do not reuse
-            self._reusable = False
 
-    # --- one exchange ------------------------------------------------------------------
+    # --- ResponseReader's receiver ----------------------------------------------------------
 
-    async def send(self, method: str, data: bytes, read_timeout: float) -> ResponseHead:
+    def on_head(self, head: ResponseHead) -> None:
+        self.head = head
+        self._to(State.BODY)
+        # Hold the body until the proxy has answered the client's head (start_body).
+        self._pause()
+        self._resolve()
+
+    def on_body(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            self._pending.append(data)
+            return
+        try:
+            sink(data)
+        except Exception as exc:  # ClientGone, or a defect: ends this exchange only
+            self.abort(exc)
+
+    def on_end(self, clean: bool) -> None:
+        self._clean_end = clean
+        self._complete = True
+        self._to(State.DONE)
+        self._cancel_timer()
+        self._resolve()
+
+    def on_trailing(self) -> None:
+        self._clean_end = False
+
+    # --- one exchange ---------------------------------------------------------------------
+
+    async def send(
+        self, method: str, head: bytes, body: bytes, read_timeout: float
+    ) -> ResponseHead:
         """Write the request; returns the response head once it has arrived."""
-        assert self._phase == _IDLE and self.transport is not None
-        self._method = method
-        self._phase = _HEAD
+        transport = self.transport
+        if transport is None:
+            raise ProtocolStateError("upstream connection: send before connection_made")
+        self._to(State.AWAIT_HEAD)
+        self._reader = ResponseReader(self, method)
         self._timeout = read_timeout
         self._last = self._loop.time()
         self._arm_timer(read_timeout)
-        self.transport.write(data)
-        await self._wait()
-        assert self.head is not None
+        if body:
+            transport.writelines((head, body))
+        else:
+            transport.write(head)
+        while self.head is None:
+            if self._error is not None:
+                raise self._error
+            if self.state is State.CLOSED:
+                raise UpstreamBroken("the connection closed before the response head")
+            await self._sleep()
         return self.head
 
     def start_body(self, sink: Callable[[bytes], None]) -> None:
-        """From now on every body chunk goes to `sink`, in `data_received`'s own call."""
+        """From now on every body byte goes to `sink`, in `data_received`'s own call."""
+        if self._sink is not None or self.head is None:
+            raise ProtocolStateError("upstream connection: start_body twice or before the head")
         self._sink = sink
-        if self._pending:
-            early = b"".join(self._pending)
-            self._pending.clear()
-            self._deliver(early)
+        while self._pending and self.state is not State.FAILED:
+            self.on_body(self._pending.pop(0))
         self.resume_reading()
 
-    async def wait(self) -> bool:
-        """Sleep until the body ended (True) or `wake()` (False); raises what failed it."""
-        return await self._wait()
+    async def wait(self) -> Wake:
+        """Sleep until the body ended or a `wake()`; raises what failed the exchange."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._nudged:
+                self._nudged = False
+                return Wake.NUDGED
+            if self._complete:
+                return Wake.ENDED
+            if self.state is State.CLOSED:
+                raise UpstreamBroken("the connection closed")
+            await self._sleep()
 
     def wake(self) -> None:
-        self._notify(False)
+        """Nudge the proxy's task; kept until its next `wait()` if it is not waiting now."""
+        self._nudged = True
+        self._resolve()
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
+        self._pause()
 
     def resume_reading(self) -> None:
         transport = self.transport
-        if transport is not None and not self.closed and not transport.is_reading():
+        if transport is not None and self.state is not State.CLOSED and not transport.is_reading():
             transport.resume_reading()
 
     def abort(self, exc: BaseException) -> None:
@@ -329,149 +317,73 @@ class Connection(asyncio.Protocol):
         self._fail(exc)
         self.close()
 
-    @property
-    def reusable(self) -> bool:
-        return self._phase == _DONE and self._reusable and not self.closed
-
     def reset(self) -> None:
         """Back to idle after a complete exchange, for the pool."""
-        self._phase = _IDLE
-        self._buf = b""
+        if not self.reusable:
+            raise ProtocolStateError("upstream connection: reset of a connection not reusable")
+        self._to(State.IDLE)
+        self._reader = None
         self._sink = None
-        self._result = None
-        self._waiter = None
         self.head = None
-        self.got_bytes = False
+        self._got_bytes = False
+        self._clean_end = False
+        self._complete = False
+        self._nudged = False
+        self._waiter = None
         self._cancel_timer()
         self.resume_reading()
+        self.assert_idle()
+
+    def assert_idle(self) -> None:
+        """The pool's hand-over check: nothing of an earlier exchange is left."""
+        if (
+            self.state is not State.IDLE
+            or self._pending
+            or self._sink is not None
+            or self._reader is not None
+            or self.head is not None
+            or self._error is not None
+            or self._waiter is not None
+        ):
+            raise ProtocolStateError("upstream connection: not idle at hand-over")
 
     def close(self) -> None:
         self._cancel_timer()
-        if self.transport is not None and not self.closed:
+        self._pending.clear()
+        if self.state is not State.CLOSED:
+            self._to(State.CLOSED)
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-        self.closed = True
 
-    # --- internals ---------------------------------------------------------------------
+    # --- internals ------------------------------------------------------------------------
 
-    async def _wait(self) -> bool:
-        result = self._result
-        if result is None:
-            self._waiter = self._loop.create_future()
-            try:
-                return await self._waiter
-            finally:
-                self._waiter = None
-        if isinstance(result, BaseException):
-            raise result
-        return result
+    async def _sleep(self) -> None:
+        if self._waiter is not None:
+            raise ProtocolStateError("upstream connection: two tasks waiting")
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
 
-    def _finish(self) -> None:
-        if self._phase in (_DONE, _FAILED):
-            return
-        self._phase = _DONE
-        self._result = True
-        self._cancel_timer()
-        self._notify(True)
+    def _resolve(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
-        if self._phase in (_DONE, _FAILED):
+        if self._error is not None or self.state is State.CLOSED:
             return
-        self._phase = _FAILED
-        self._result = exc
-        self._reusable = False
+        self._error = exc  # also after DONE: the sink may fail on bytes held for it
+        if self.state is not State.DONE:
+            self._to(State.FAILED)
         self._cancel_timer()
-        self._notify(exc)
+        self._resolve()
 
-    def _notify(self, outcome: bool | BaseException) -> None:
-        """Wake the task sleeping in `_wait()`, if any, with `outcome`."""
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return
-        if isinstance(outcome, BaseException):
-            waiter.set_exception(outcome)
-        else:
-            waiter.set_result(outcome)
-
-    def _parse_head(self) -> None:
-        while True:
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > MAX_HEAD_BYTES:
-                    self._fail(UpstreamBroken("response head too large"))
-                    self.close()
-                return
-            try:
-                head, framing, size = parse_head(self._buf[:end], self._method)
-            except UpstreamBroken as exc:
-                self._fail(exc)
-                self.close()
-                return
-            rest = self._buf[end + 4 :]
-            self._buf = b""
-            if 100 <= head.status < 200:  # an interim answer: the real one follows
-                self._buf = rest
-                continue
-            break
-        self.head = head
-        self._framing = framing
-        self._left = size
-        self._decoder = ChunkedDecoder()
-        self._reusable = head.keep_alive
-        self._phase = _BODY
-        if framing == _NO_BODY:
-            self._reusable = self._reusable and not rest
-            self._finish()
-        else:
-            # Hold the body until the proxy has answered the client's head (start_body).
-            if self.transport is not None:
-                self.transport.pause_reading()
-            if rest:
-                self._body(rest)
-        self._notify(True)  # the head is here (a no-op if the body already ended)
-
-    def _body(self, data: bytes) -> None:
-        framing = self._framing
-        if framing == _CHUNKED:
-            self._chunked(data)
-        elif framing == _LENGTH:
-            left = self._left
-            if len(data) >= left:
-                if len(data) > left:
-                    self._reusable = False  # bytes past the body: not HTTP we understand
-                    data = data[:left]
-                self._left = 0
-                self._deliver(data)
-                self._finish()
-            else:
-                self._left = left - len(data)
-                self._deliver(data)
-        else:  # _UNTIL_CLOSE
-            self._deliver(data)
-
-    def _chunked(self, data: bytes) -> None:
-        decoder = self._decoder
-        try:
-            out = decoder.feed(data)
-        except UpstreamBroken as exc:
-            self._fail(exc)
-            self.close()
-            return
-        if out:
-            self._deliver(out)
-        if decoder.done:
-            if decoder.trailing:
-                self._reusable = False
-            self._finish()
-
-    def _deliver(self, data: bytes) -> None:
-        sink = self._sink
-        if sink is None:
-            self._pending.append(data)
-            return
-        try:
-            sink(data)
-        except Exception as exc:  # ClientGone, or a bug: ends this exchange only
-            self.abort(exc)
+    def _pause(self) -> None:
+        transport = self.transport
+        if transport is not None and self.state is not State.CLOSED and transport.is_reading():
+            transport.pause_reading()
 
     def _arm_timer(self, delay: float) -> None:
         self._cancel_timer()
@@ -484,7 +396,7 @@ class Connection(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         self._timer = None
-        if self._phase not in (_HEAD, _BODY):
+        if self.state not in (State.AWAIT_HEAD, State.BODY):
             return
         transport = self.transport
         if transport is not None and not transport.is_reading():
@@ -507,6 +419,7 @@ class UpstreamPool:
         read_timeout: float,
         keepalive_s: float,
         max_connections: int,
+        queue_timeout: float,
     ) -> None:
         parts = urlsplit(base_url)
         self._secure = parts.scheme == "https"
@@ -516,6 +429,7 @@ class UpstreamPool:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._keepalive_s = keepalive_s
+        self._queue_timeout = queue_timeout
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: collections.deque[Connection] = collections.deque()
         self._ssl = ssl.create_default_context() if self._secure else None
@@ -528,13 +442,19 @@ class UpstreamPool:
 
         The caller must hand the connection back with `release()` whatever happens.
         """
-        data = request_bytes(method, target, self.host_header, headers, body)
-        await self._slots.acquire()
+        head = request_head(method, target, self.host_header, headers, len(body))
+        try:
+            async with asyncio.timeout(self._queue_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise UpstreamBusy(
+                f"no connection to the model server became free in {self._queue_timeout:g} s"
+            ) from None
         try:
             for attempt in (1, 2):
                 conn = await self._connection(fresh=attempt == 2)
                 try:
-                    await conn.send(method, data, self._read_timeout)
+                    await conn.send(method, head, body, self._read_timeout)
                 except StaleConnection:
                     conn.close()
                     if attempt == 2:
@@ -550,7 +470,7 @@ class UpstreamPool:
         raise AssertionError("unreachable")
 
     def release(self, conn: Connection) -> None:
-        """Pool the connection if its exchange ended cleanly, else close it."""
+        """Pool the connection if its exchange ended cleanly (the invariant), else close it."""
         self._slots.release()
         if conn.reusable and not self._closed:
             conn.reset()
@@ -571,6 +491,7 @@ class UpstreamPool:
             conn = self._idle.pop()
             if not conn.closed and now - conn.idle_since < self._keepalive_s:
                 self._prune(now)
+                conn.assert_idle()
                 return conn
             conn.close()
         loop = asyncio.get_running_loop()

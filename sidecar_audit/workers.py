@@ -53,6 +53,9 @@ def run_worker(config: Config, *, reuse_port: bool) -> int:
         access_log=None,
         print=None,
         backlog=1024,
+        # Request bodies are forwarded exactly as the client encoded them (Content-Encoding
+        # included); the record decodes its own copy, capped (record.py).
+        auto_decompress=False,
         loop=uvloop.new_event_loop() if uvloop else None,
     )
     return app[EXIT_CODE][0]

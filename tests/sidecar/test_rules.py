@@ -12,14 +12,19 @@ import pytest
 from sidecar_audit.config import SETTINGS, Config, ConfigError, describe_settings
 from sidecar_audit.headers import (
     REDACTED,
+    IdentityProblem,
+    Redaction,
     choose_request_id,
     client_response_headers,
     missing_audit_header,
+    read_identity,
     recorded_headers,
+    recorded_query,
     upstream_request_headers,
 )
+from sidecar_audit.json_body import set_member
 from sidecar_audit.record import BodyFacts, attribution, body_view, iso_utc, usage_view
-from sidecar_audit.routing import path_allowed, with_usage_requested
+from sidecar_audit.routing import path_allowed, usage_options_to_send
 
 ALLOWED = ("/v1/*", "/tokenize", "/detokenize", "/version")
 
@@ -117,7 +122,7 @@ def test_hop_by_hop_headers_are_not_forwarded() -> None:
 
 
 def test_recorded_headers_redact_and_join() -> None:
-    redact = frozenset({"authorization", "cookie", "x-api-key", "x-extra-secret"})
+    redact = Redaction({"authorization", "cookie", "x-api-key", "x-extra-secret"}, ())
     recorded = recorded_headers(
         [
             ("Authorization", "Bearer sk-1"),
@@ -137,6 +142,60 @@ def test_recorded_headers_redact_and_join() -> None:
         "x-extra-secret": REDACTED,
         "accept": "a, b",
     }
+
+
+def test_secret_names_are_redacted_by_pattern_in_headers_and_query() -> None:
+    redaction = Redaction({"authorization"}, ("auth", "token", "key", "secret", "session"))
+    recorded = recorded_headers(
+        [
+            ("api_key", "sk-1"),
+            ("X-Auth-Token", "t"),
+            ("OpenAI-Api-Key", "k"),
+            ("X-Session-Id", "s"),
+            ("X-LLM-User", "\u00c3\u00a5lice"),  # UTF-8 bytes of "ålice", as latin-1 text
+            ("Accept", "*/*"),
+        ],
+        redaction,
+    )
+    assert recorded == {
+        "api_key": REDACTED,
+        "x-auth-token": REDACTED,
+        "openai-api-key": REDACTED,
+        "x-session-id": REDACTED,
+        "x-llm-user": "ålice",
+        "accept": "*/*",
+    }
+    query = recorded_query("api_key=sk-1&q=a%20b&access_token=t", redaction)
+    assert "sk-1" not in query and "=t" not in query and "q=a%20b" in query
+    assert recorded_query("q=1&x=2", redaction) == "q=1&x=2"
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ([(b"x-llm-source", b"a"), (b"x-llm-user", b"u"), (b"x-llm-request-type", b"c")], None),
+        ([(b"x-llm-user", b"u"), (b"x-llm-request-type", b"c")], ("x-llm-source", "missing")),
+        (
+            [(b"x-llm-source", b"a"), (b"x-llm-user", b"alice"), (b"X-LLM-User", b"bob")],
+            ("x-llm-user", "repeated"),
+        ),
+        ([(b"x-llm-source", b"\xff")], ("x-llm-source", "invalid")),
+        ([(b"x-llm-source", b"a" * 300)], ("x-llm-source", "invalid")),
+        ([(b"x-llm-source", b"a\x01b")], ("x-llm-source", "invalid")),
+    ],
+)
+def test_identity_headers_are_once_utf8_and_bounded(raw, problem) -> None:
+    if problem is None:
+        assert read_identity(raw, required=True)["x-llm-source"] == "a"
+        return
+    with pytest.raises(IdentityProblem) as caught:
+        read_identity(raw, required=True)
+    assert (caught.value.header, caught.value.kind) == problem
+
+
+def test_identity_headers_decode_utf8() -> None:
+    raw = [(b"x-llm-user", "ålice".encode()), (b"x-llm-source", b" app ")]
+    assert read_identity(raw, required=False) == {"x-llm-user": "ålice", "x-llm-source": "app"}
 
 
 @pytest.mark.parametrize(
@@ -185,12 +244,7 @@ def test_attribution_defaults() -> None:
     ],
 )
 def test_usage_request(path: str, body: dict | None, expected_options: dict | None) -> None:
-    out = with_usage_requested(path, body)
-    if expected_options is None:
-        assert out is None
-    else:
-        assert out is not None
-        assert orjson.loads(out)["stream_options"] == expected_options
+    assert usage_options_to_send(path, body) == expected_options
 
 
 def test_usage_request_keeps_the_rest_of_the_body_exact() -> None:
@@ -201,8 +255,20 @@ def test_usage_request_keeps_the_rest_of_the_body_exact() -> None:
         "messages": [{"role": "user", "content": "ü ✓"}],
         "n": 2,
     }
-    out = orjson.loads(with_usage_requested("/v1/chat/completions", body) or b"")
-    assert out == {**body, "stream_options": {"include_usage": True}}
+    wire = orjson.dumps(body)
+    options = usage_options_to_send("/v1/chat/completions", body)
+    out = set_member(wire, "stream_options", options)
+    assert out.startswith(wire[:-1])  # the client's bytes, unchanged, then the new member
+    assert orjson.loads(out) == {**body, "stream_options": {"include_usage": True}}
+
+
+def test_usage_request_overrides_an_earlier_stream_options_for_pythons_json() -> None:
+    import json
+
+    wire = b'{"stream": true, "stream_options": {"include_usage": false}, "model": "m"}'
+    out = set_member(wire, "stream_options", {"include_usage": True})
+    # vLLM (FastAPI) parses with Python's json: the last duplicate wins.
+    assert json.loads(out)["stream_options"] == {"include_usage": True}
 
 
 def facts(
@@ -211,9 +277,11 @@ def facts(
     ctype: str | None = "application/json",
     encoding: str | None = None,
 ) -> dict:
-    return body_view(
+    view = body_view(
         BodyFacts(body[:limit], len(body), hashlib.sha256(body).hexdigest(), ctype, encoding), limit
     )
+    # As the record is stored: a JSON body is embedded verbatim (orjson.Fragment).
+    return orjson.loads(orjson.dumps(view))
 
 
 def test_body_view_json_text_truncated_and_compressed() -> None:

@@ -14,109 +14,132 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from sidecar_audit.http_response import MalformedResponse, ResponseHead, ResponseReader
 from sidecar_audit.upstream import (
-    ChunkedDecoder,
+    ProtocolStateError,
     UpstreamBroken,
+    UpstreamBusy,
     UpstreamPool,
     UpstreamTimeout,
     UpstreamUnreachable,
-    parse_head,
-    request_bytes,
+    Wake,
+    request_head,
 )
 
-# --- framing, pure --------------------------------------------------------------------
+# --- framing, sans I/O (llhttp through ResponseReader) ----------------------------------
 
-SSE_BODY = b"b4\r\n" + b"data: " + b"x" * 172 + b"\n\n" + b"\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+SSE_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"b4\r\n" + b"data: " + b"x" * 172 + b"\n\n" + b"\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+)
+SSE_BODY = b"data: " + b"x" * 172 + b"\n\n" + b"data: [DONE]\n\n"
 
 
-def decode_split(wire: bytes, cuts: list[int]) -> tuple[bytes, ChunkedDecoder]:
-    decoder = ChunkedDecoder()
-    out = []
+class Collected:
+    """A Receiver that keeps what the reader reported."""
+
+    def __init__(self) -> None:
+        self.heads: list[ResponseHead] = []
+        self.body: list[bytes] = []
+        self.ends: list[bool] = []
+        self.trailing = 0
+
+    def on_head(self, head: ResponseHead) -> None:
+        self.heads.append(head)
+
+    def on_body(self, data: bytes) -> None:
+        assert self.heads and not self.ends, "body outside head..end"
+        self.body.append(data)
+
+    def on_end(self, clean: bool) -> None:
+        self.ends.append(clean)
+
+    def on_trailing(self) -> None:
+        self.trailing += 1
+
+
+def read(wire: bytes, cuts: list[int] = (), method: str = "GET", eof: bool = False) -> Collected:
+    got = Collected()
+    reader = ResponseReader(got, method)
     start = 0
     for cut in [*cuts, len(wire)]:
-        out.append(decoder.feed(wire[start:cut]))
+        reader.feed(wire[start:cut])
         start = cut
-    return b"".join(out), decoder
+    if eof:
+        reader.eof()
+    return got
 
 
-def test_chunked_decoding_is_the_same_however_the_bytes_are_split() -> None:
-    expected = b"data: " + b"x" * 172 + b"\n\n" + b"data: [DONE]\n\n"
-    whole, decoder = decode_split(SSE_BODY, [])
-    assert whole == expected and decoder.done and not decoder.trailing
-    for a in range(len(SSE_BODY)):
-        for b in (a, a + 1, a + 3):
-            body, decoder = decode_split(SSE_BODY, sorted({a, min(b, len(SSE_BODY))}))
-            assert body == expected, (a, b)
-            assert decoder.done and not decoder.trailing
+def test_a_chunked_response_reads_the_same_however_the_bytes_are_split() -> None:
+    for a in range(len(SSE_RESPONSE)):
+        for b in (a, a + 1, a + 7):
+            got = read(SSE_RESPONSE, sorted({a, min(b, len(SSE_RESPONSE))}))
+            assert b"".join(got.body) == SSE_BODY, (a, b)
+            assert got.ends == [True] and got.trailing == 0 and len(got.heads) == 1
+    head = read(SSE_RESPONSE).heads[0]
+    assert (head.status, head.reason, head.content_length) == (200, "OK", None)
+    assert head.header("Content-Type") == "text/event-stream"
 
 
 def test_chunk_extensions_and_trailers_are_skipped() -> None:
-    body, decoder = decode_split(b"5;name=value\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n", [])
-    assert body == b"hello" and decoder.done
+    wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n"
+    got = read(wire + b"0\r\nX-Trailer: 1\r\n\r\n")
+    assert b"".join(got.body) == b"hello" and got.ends == [True]
 
 
-def test_bytes_after_the_last_chunk_are_flagged() -> None:
-    _, decoder = decode_split(b"2\r\nhi\r\n0\r\n\r\nHTTP/1.1 200 OK", [])
-    assert decoder.done and decoder.trailing
+def test_bytes_after_the_end_make_the_connection_unfit() -> None:
+    for extra in (b"HTTP/1.1 200 OK\r\n", b"junk", b"x"):
+        got = read(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi" + extra)
+        assert b"".join(got.body) == b"hi" and got.ends == [True] and got.trailing >= 1, extra
+
+
+def test_keep_alive_and_framing_decide_a_clean_end() -> None:
+    assert read(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx").ends == [True]
+    closing = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\nx"
+    assert read(closing).ends == [False]
+    assert read(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\nx").ends == [False]
+    until_close = read(b"HTTP/1.1 200 OK\r\n\r\nabc", eof=True)  # delimited by the close
+    assert b"".join(until_close.body) == b"abc" and until_close.ends == [False]
+    assert read(b"HTTP/1.1 200 OK\r\n\r\nabc").ends == []  # not over until the close
+    assert read(b"HTTP/1.1 204 No Content\r\n\r\n", method="DELETE").ends == [True]
+    head_reply = read(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", method="HEAD")
+    assert head_reply.ends == [False] and head_reply.body == []  # never reused after HEAD
+    assert read(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").ends == [True]
+
+
+def test_interim_responses_are_skipped_by_the_reader() -> None:
+    got = read(
+        b"HTTP/1.1 103 Early Hints\r\nlink: x\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    )
+    assert [h.status for h in got.heads] == [200] and got.body == [b"ok"] and got.ends == [True]
 
 
 @pytest.mark.parametrize(
     "wire",
-    [b"zz\r\nhi\r\n", b"0x2\r\nhi\r\n", b"2\r\nhiXX", b"-1\r\n", b"1" * 5000],
-)
-def test_bad_chunked_framing_is_refused(wire: bytes) -> None:
-    with pytest.raises(UpstreamBroken):
-        ChunkedDecoder().feed(wire)
-
-
-def test_head_framing_follows_rfc_9112() -> None:
-    head, framing, size = parse_head(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked", "POST"
-    )
-    assert (head.status, head.reason, head.keep_alive, head.content_length) == (
-        200,
-        "OK",
-        True,
-        None,
-    )
-    assert head.header("Content-Type") == "text/event-stream"
-    chunked = framing
-    _, framing, size = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 12", "GET")
-    assert size == 12 and framing != chunked
-    head, _, _ = parse_head(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1", "GET")
-    assert not head.keep_alive
-    head, _, _ = parse_head(b"HTTP/1.0 200 OK\r\ncontent-length: 1", "GET")
-    assert not head.keep_alive
-    head, _, _ = parse_head(b"HTTP/1.1 200 OK", "GET")  # delimited by the close
-    assert not head.keep_alive
-    no_body = parse_head(b"HTTP/1.1 204 No Content", "DELETE")[1]
-    assert parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 9", "HEAD")[1] == no_body
-    assert parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 0", "GET")[1] == no_body
-
-
-@pytest.mark.parametrize(
-    "head",
     [
-        b"SSH-2.0-OpenSSH",
-        b"HTTP/1.1 abc OK",
-        b"HTTP/1.1 200 OK\r\nno colon here",
-        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6",
-        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip",
+        b"SSH-2.0-OpenSSH\r\n",
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: \xc2\xb2\r\n\r\n",  # '²'.isdigit() is True
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhi\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhiXX",
+        b"HTTP/1.1 200 OK\r\nx: " + b"a" * 70_000 + b"\r\n\r\n",
     ],
 )
-def test_heads_that_are_not_http_we_speak_are_refused(head: bytes) -> None:
-    with pytest.raises(UpstreamBroken):
-        parse_head(head, "GET")
+def test_responses_that_are_not_http_we_speak_are_refused(wire: bytes) -> None:
+    with pytest.raises(MalformedResponse):
+        read(wire)
 
 
-def test_request_bytes_carry_host_length_and_headers_as_given() -> None:
-    wire = request_bytes("POST", "/v1/chat/completions?x=1", "127.0.0.1:8001", [("A", "b")], b"{}")
+def test_request_head_carries_host_length_and_headers_as_given() -> None:
+    wire = request_head("POST", "/v1/chat/completions?x=1", "127.0.0.1:8001", [("A", "b")], 2)
     assert wire == (
         b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8001\r\nA: b\r\n"
-        b"Content-Length: 2\r\n\r\n{}"
+        b"Content-Length: 2\r\n\r\n"
     )
-    assert b"Content-Length: 0" in request_bytes("POST", "/", "h", [], b"")
-    assert b"Content-Length" not in request_bytes("GET", "/", "h", [], b"")
+    assert b"Content-Length: 0" in request_head("POST", "/", "h", [], 0)
+    assert b"Content-Length" not in request_head("GET", "/", "h", [], 0)
 
 
 # --- the pool against a scripted server -------------------------------------------------
@@ -191,9 +214,15 @@ async def serve() -> AsyncIterator[Callable[[Script], asyncio.Future[ScriptedSer
 
 
 def pool_for(url: str, **overrides: float) -> UpstreamPool:
-    settings = {"connect_timeout": 2.0, "read_timeout": 5.0, "keepalive_s": 4.0}
+    settings = {
+        "connect_timeout": 2.0,
+        "read_timeout": 5.0,
+        "keepalive_s": 4.0,
+        "queue_timeout": 5.0,
+        "max_connections": 8,
+    }
     settings.update(overrides)
-    return UpstreamPool(url, max_connections=8, **settings)  # type: ignore[arg-type]
+    return UpstreamPool(url, **settings)  # type: ignore[arg-type]
 
 
 async def fetch(pool: UpstreamPool, method: str = "GET", body: bytes = b"") -> tuple[int, bytes]:
@@ -203,7 +232,7 @@ async def fetch(pool: UpstreamPool, method: str = "GET", body: bytes = b"") -> t
     try:
         assert conn.head is not None
         conn.start_body(pieces.append)
-        while not await conn.wait():
+        while await conn.wait() is not Wake.ENDED:
             pass
         return conn.head.status, b"".join(pieces)
     finally:
@@ -274,7 +303,7 @@ async def test_a_chunked_stream_arrives_piece_by_piece(serve) -> None:
     conn = await pool.request("POST", "/v1/chat/completions", [], b"{}")
     seen: list[bytes] = []
     conn.start_body(seen.append)
-    while not await conn.wait():
+    while await conn.wait() is not Wake.ENDED:
         pass
     assert seen == events  # one call per chunk as it came, not one at the end
     pool.release(conn)
@@ -332,3 +361,91 @@ async def test_nobody_listening_is_unreachable() -> None:
 async def test_interim_responses_are_skipped(serve) -> None:
     server = await serve(lambda n, req: [b"HTTP/1.1 100 Continue\r\n\r\n", *ok(b"done")])
     assert await fetch(pool_for(server.url)) == (200, b"done")
+
+
+# --- the tenant-isolation invariant and the state machine -------------------------------
+
+
+async def test_an_answer_never_read_by_its_exchange_is_never_handed_to_the_next(serve) -> None:
+    """The wave-1 leak: the whole answer arrives with its head, the client is gone before
+    the relay starts, and the connection used to go back to the pool with it buffered."""
+    server = await serve(lambda n, req: ok(b"answer-%d" % n))
+    pool = pool_for(server.url)
+    conn = await pool.request("GET", "/v1/models", [], b"")
+    await asyncio.sleep(0.05)  # the body is complete and buffered, nobody took it
+    assert conn.head is not None
+    pool.release(conn)  # as the proxy does when the client left before start_body
+    assert conn.closed
+    assert await fetch(pool) == (200, b"answer-1")  # its own answer, on a new connection
+    assert server.connections == 2
+    pool.close()
+
+
+async def test_a_half_read_answer_closes_the_connection(serve) -> None:
+    body = b"x" * 200_000
+    server = await serve(lambda n, req: ok(body))
+    pool = pool_for(server.url)
+    conn = await pool.request("GET", "/v1/models", [], b"")
+    conn.start_body(lambda data: None)
+    pool.release(conn)  # released mid-body (the client vanished)
+    assert conn.closed
+    assert await fetch(pool) == (200, body)
+    assert server.connections == 2
+    pool.close()
+
+
+async def test_a_sink_that_fails_ends_the_exchange_and_the_connection(serve) -> None:
+    server = await serve(lambda n, req: ok(b"abc"))
+    pool = pool_for(server.url)
+    conn = await pool.request("GET", "/v1/models", [], b"")
+
+    def gone(data: bytes) -> None:
+        raise ConnectionResetError("client gone")
+
+    conn.start_body(gone)
+    with pytest.raises(ConnectionResetError):
+        await conn.wait()
+    assert not conn.reusable
+    pool.release(conn)
+    assert conn.closed
+    pool.close()
+
+
+async def test_a_wake_with_nobody_waiting_is_kept_for_the_next_wait(serve) -> None:
+    server = await serve(
+        lambda n, req: [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", 5.0]
+    )
+    pool = pool_for(server.url)
+    conn = await pool.request("POST", "/v1/chat/completions", [], b"{}")
+    conn.start_body(lambda data: None)
+    conn.wake()  # before anyone waits: the nudge must not be lost
+    assert await asyncio.wait_for(conn.wait(), 1.0) is Wake.NUDGED
+    pool.release(conn)
+    pool.close()
+
+
+async def test_illegal_transitions_raise(serve) -> None:
+    server = await serve(lambda n, req: ok(b"abc"))
+    pool = pool_for(server.url)
+    conn = await pool.request("GET", "/v1/models", [], b"")
+    conn.start_body(lambda data: None)
+    with pytest.raises(ProtocolStateError):
+        conn.start_body(lambda data: None)
+    assert await conn.wait() is Wake.ENDED
+    with pytest.raises(ProtocolStateError):
+        await conn.send("GET", b"GET / HTTP/1.1\r\n\r\n", b"", 1.0)  # a second exchange
+    pool.release(conn)
+    conn.assert_idle()
+    pool.close()
+
+
+async def test_waiting_for_a_free_connection_times_out(serve) -> None:
+    server = await serve(
+        lambda n, req: [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", 5.0]
+    )
+    pool = pool_for(server.url, max_connections=1, queue_timeout=0.2)
+    held = await pool.request("POST", "/v1/chat/completions", [], b"{}")
+    with pytest.raises(UpstreamBusy):
+        await pool.request("POST", "/v1/chat/completions", [], b"{}")
+    pool.release(held)
+    pool.close()

@@ -1,0 +1,119 @@
+"""The client's side of one relayed response: every direct use of aiohttp's server transport.
+
+The proxy writes vLLM's body to the client from inside the upstream
+connection's `data_received`, synchronously, so it cannot go through
+`StreamResponse.write` (a coroutine). This module is the one place that
+reaches below aiohttp's response API, and it relies on exactly these
+behaviours of aiohttp (pinned in pyproject.toml; each has a test in
+tests/sidecar/test_client_stream.py):
+
+1. `StreamResponse.prepare()` returns the payload writer and only buffers the
+   head; `AbstractStreamWriter.send_headers()` writes it out at once.
+2. After the head, bytes given to `transport.write` reach the client as the
+   body; when the writer chose chunked coding (`writer.chunked`) each piece must be
+   framed by us as `<hex size>CRLF data CRLF`, and `write_eof()` still writes
+   the last chunk.
+3. The request handler is an asyncio protocol whose `writing_paused` is true
+   between the transport's `pause_writing()` and `resume_writing()`, and
+   `writer.drain()` waits for the latter (an event, not a poll).
+
+States, in order: OPEN (head sent, writing) → ENDED (write_eof) or GONE (the
+client left or stalled). Writing in any state but OPEN raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from .upstream import ClientGone, ProtocolStateError
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    ENDED = "ended"
+    GONE = "gone"
+
+
+class ClientStream:
+    """Writes a response body straight to the client's transport."""
+
+    __slots__ = ("_chunked", "_protocol", "_response", "_state", "_transport", "_writer")
+
+    def __init__(self, response: web.StreamResponse, writer: AbstractStreamWriter) -> None:
+        transport = writer.transport  # type: ignore[attr-defined]
+        if transport is None or transport.is_closing():
+            raise ClientGone("the client closed the connection")
+        self._response = response
+        self._writer = writer
+        self._transport: asyncio.Transport = transport
+        self._protocol = writer.protocol  # type: ignore[attr-defined]
+        self._chunked = bool(writer.chunked)  # type: ignore[attr-defined]
+        self._state = _State.OPEN
+        writer.send_headers()  # type: ignore[attr-defined]
+
+    @classmethod
+    async def open(cls, response: web.StreamResponse, request: web.Request) -> ClientStream:
+        writer = await response.prepare(request)
+        if writer is None:
+            raise ClientGone("the client closed the connection")
+        return cls(response, writer)
+
+    def write(self, data: bytes) -> None:
+        """Send `data` now (synchronous); raises ClientGone if the client has left."""
+        if self._state is not _State.OPEN:
+            raise ProtocolStateError(f"client stream: write when {self._state.value}")
+        transport = self._transport
+        if transport.is_closing():
+            self._state = _State.GONE
+            raise ClientGone("the client closed the connection")
+        if self._chunked:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+
+    @property
+    def congested(self) -> bool:
+        """The transport asked us to stop writing (its buffer is above its high mark)."""
+        return bool(self._protocol.writing_paused)
+
+    async def drain(self, stall_s: float) -> None:
+        """Wait until the client has taken enough; a client silent for `stall_s` is gone."""
+        try:
+            async with asyncio.timeout(stall_s):
+                await self._writer.drain()
+        except TimeoutError:
+            self.abort()
+            raise ClientGone(f"the client read nothing for {stall_s:g} s") from None
+        except ConnectionError:
+            self._state = _State.GONE
+            raise ClientGone("the client closed the connection") from None
+        if self._transport.is_closing():
+            self._state = _State.GONE
+            raise ClientGone("the client closed the connection")
+
+    async def end(self, last: bytes, stall_s: float) -> None:
+        """Send the last bytes and the end of the body (write_eof)."""
+        if self._state is not _State.OPEN:
+            raise ProtocolStateError(f"client stream: end when {self._state.value}")
+        if self._transport.is_closing():
+            self._state = _State.GONE
+            raise ClientGone("the client closed the connection")
+        self._state = _State.ENDED
+        try:
+            async with asyncio.timeout(stall_s):
+                await self._response.write_eof(last)
+        except TimeoutError:
+            self.abort()
+            raise ClientGone(f"the client read nothing for {stall_s:g} s") from None
+        except ConnectionError:
+            raise ClientGone("the client closed the connection") from None
+
+    def abort(self) -> None:
+        """End the client's connection without a terminating chunk: the body is incomplete."""
+        self._state = _State.GONE
+        self._response.force_close()
+        self._transport.close()

@@ -1,0 +1,188 @@
+"""Reading one HTTP/1.1 response, sans I/O: bytes in, head / body / end calls out.
+
+The parsing is llhttp's (through `httptools`, the parser uvicorn uses), so
+framing edge cases — chunk extensions, trailers, obs-fold, duplicate or
+non-ASCII Content-Length — are decided by a maintained parser, not by us. This
+module adds the three things a proxy's client needs on top:
+
+- interim (1xx) responses are skipped; the first final response is *the* answer;
+- a response to HEAD ends with its head whatever Content-Length says;
+- the end is exact: `Receiver.end(clean)` is called once, and `clean` is true
+  only when the message was framed (Content-Length or chunked), the server
+  allows keep-alive, and no byte followed the message. Anything else makes the
+  connection unfit for another exchange (see upstream.py).
+
+A body delimited by the end of the connection ends when the caller says so
+(`eof()`), never clean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import httptools
+
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class MalformedResponse(Exception):
+    """The bytes are not an HTTP/1.1 response we can relay."""
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    status: int
+    reason: str
+    raw_headers: list[tuple[str, str]]
+    content_length: int | None
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.raw_headers:
+            if key.lower() == name:
+                return value
+        return None
+
+
+class Receiver(Protocol):
+    def on_head(self, head: ResponseHead) -> None: ...
+    def on_body(self, data: bytes) -> None: ...
+    def on_end(self, clean: bool) -> None: ...
+    def on_trailing(self) -> None: ...
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback to stop parsing the rest of the input."""
+
+
+class ResponseReader:
+    """One response's parser; `feed()` bytes as they arrive, in order."""
+
+    __slots__ = (
+        "_ended",
+        "_head_bytes",
+        "_headers",
+        "_interim",
+        "_method_head",
+        "_parser",
+        "_reason",
+        "_receiver",
+        "_started",
+        "_until_close",
+    )
+
+    def __init__(self, receiver: Receiver, method: str) -> None:
+        self._receiver = receiver
+        self._method_head = method.upper() == "HEAD"
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
+        self._reason = ""
+        self._interim = False
+        self._until_close = False
+        self._started = False  # the final response's head was delivered
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data`; raises `MalformedResponse` if it is not HTTP/1.1 (before the end)."""
+        if self._ended:
+            if data:
+                self._receiver.on_trailing()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            # httptools wraps what a callback raised; unwrap ours, re-raise a defect as is.
+            cause = exc.__context__
+            if isinstance(cause, _Stop):
+                return
+            if cause is not None:
+                raise cause from None
+            raise
+        except httptools.HttpParserError as exc:
+            if not self._ended:
+                raise MalformedResponse(str(exc)) from None
+            self._receiver.on_trailing()  # bytes after the end that are not even HTTP
+
+    def eof(self) -> bool:
+        """The connection ended: True if that completes a close-delimited body."""
+        if self._ended or not (self._started and self._until_close):
+            return False
+        self._end(clean=False)
+        return True
+
+    # --- httptools callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._ended:
+            self._trailing()
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status.decode("latin-1")
+        self._count(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            self._interim = True
+            return
+        length: int | None = None
+        chunked = False
+        for key, value in self._headers:
+            lower = key.lower()
+            if lower == "content-length":
+                length = int(value)  # llhttp has checked the digits and duplicates
+            elif lower == "transfer-encoding":
+                chunked = True
+        self._until_close = (
+            not chunked and length is None and status not in (204, 304) and not self._method_head
+        )
+        head = ResponseHead(status, self._reason.strip(), self._headers, length)
+        self._started = True
+        self._receiver.on_head(head)
+        if self._method_head:  # no body follows, whatever the headers say
+            self._end(clean=False)
+            raise _Stop
+
+    def on_body(self, body: bytes) -> None:
+        if not self._ended:
+            self._receiver.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:  # the real answer follows on the same connection
+            self._interim = False
+            self._headers = []
+            self._head_bytes = 0
+            self._reason = ""
+            return
+        if not self._ended:
+            self._end(clean=self._parser.should_keep_alive())
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _count(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise MalformedResponse("response head too large")
+
+    def _end(self, *, clean: bool) -> None:
+        self._ended = True
+        self._receiver.on_end(clean)
+
+    def _trailing(self) -> None:
+        """Bytes after the end of the message: the connection cannot carry another exchange."""
+        self._receiver.on_trailing()
+        raise _Stop
