@@ -52,7 +52,7 @@ from .record import (
     usage_view,
 )
 from .routing import parse_json_object, path_allowed, with_usage_requested
-from .sse import UsageChunkFilter
+from .sse import FingerprintMemo, TerminalDetector, UsageChunkFilter, terminal_detector
 from .upstream import ClientGone, Connection, UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -220,6 +220,7 @@ class Proxy:
         self._identity = identity
         self._admit = admit
         self._on_finished = on_finished
+        self._fingerprints = FingerprintMemo()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # perf_counter, not loop.time(): uvloop's clock counts whole milliseconds.
@@ -344,9 +345,10 @@ class Proxy:
                 response,
                 conn,
                 capture,
-                UsageChunkFilter() if strip_usage and is_sse else None,
+                UsageChunkFilter(self._fingerprints) if strip_usage and is_sse else None,
                 # Bytes that complete the answer wait for the record (module docstring).
                 None if is_sse else head.content_length,
+                terminal_detector(ex.path) if is_sse else None,
             )
             conn.start_body(relay.on_chunk)
             while not await conn.wait():
@@ -398,6 +400,7 @@ class _BodyRelay:
         "_length",
         "_received",
         "_response",
+        "_terminal",
         "_transport",
     )
 
@@ -409,8 +412,10 @@ class _BodyRelay:
         capture: BodyCapture | StreamCapture,
         usage_filter: UsageChunkFilter | None,
         length: int | None,
+        terminal: TerminalDetector | None = None,
     ) -> None:
         self._response = response
+        self._terminal = terminal
         transport = request.transport
         if transport is None:  # the client left before the head was sent
             raise ConnectionResetError("the client closed the connection")
@@ -432,7 +437,9 @@ class _BodyRelay:
             held, self._held = self._held, b""
             self._emit(held)
         if out:
-            if self._length is None:
+            if self._terminal is not None:
+                completes = self._terminal.feed(out)
+            elif self._length is None:
                 completes = out.endswith(_DONE_EVENT)
             else:
                 self._received += len(out)
