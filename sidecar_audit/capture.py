@@ -123,6 +123,13 @@ class StreamCapture:
         """Decode what is queued and return the stream's part of the record."""
         self._drain()
         a = self.assembler
+        if a.api in ("responses", "messages") and not a.terminal_seen and a.error is None:
+            # vLLM ends these streams with a terminal event (or an error event); a
+            # body that ended cleanly without one was cut by an error upstream.
+            a.error = {
+                "type": "stream_truncated",
+                "message": f"the {a.api} stream ended without its terminal event",
+            }
         return {
             "body": None,
             "bytes": self.size,

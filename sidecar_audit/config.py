@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .routing import CLIENT_PATHS, POOLING_PATHS
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-DEFAULT_ALLOWED_PATHS = "/v1/*,/tokenize,/detokenize,/version"
+# vLLM 0.33's client-facing routes (routing.CLIENT_PATHS, from its route table).
+DEFAULT_ALLOWED_PATHS = ",".join(CLIENT_PATHS)
 DEFAULT_REDACT_PATTERNS = "auth,token,key,secret,password,passwd,cookie,session,credential"
 DEFAULT_REDACTED_HEADERS = (
     "authorization",
@@ -85,6 +88,9 @@ def _path_patterns(raw: str) -> tuple[str, ...]:
     for pattern in patterns:
         if not pattern.startswith("/") or "*" in pattern[:-1]:
             raise ValueError(f"{pattern!r}: a path starts with / and may only end in *")
+        for segment in pattern.split("/"):
+            if ("{" in segment or "}" in segment) and not re.fullmatch(r"\{\w+\}", segment):
+                raise ValueError(f"{pattern!r}: a parameter is a whole segment like {{id}}")
     return patterns
 
 
@@ -185,8 +191,19 @@ SETTINGS: tuple[Setting, ...] = (
         "allowed_paths",
         DEFAULT_ALLOWED_PATHS,
         _path_patterns,
-        "Comma-separated paths forwarded to vLLM; a trailing `*` matches a prefix. "
-        "Anything else gets 404.",
+        "Comma-separated paths forwarded to vLLM; a trailing `*` matches a prefix, a "
+        "`{name}` segment any one segment. Anything else gets 404. The default is vLLM "
+        "0.33's client-facing routes (`sidecar_audit/vllm_routes.json`); admin, LoRA, "
+        "profiling, sleep/wake, elastic-EP, RL and dev routes are never in it.",
+    ),
+    Setting(
+        "FORWARD_POOLING_ROUTES",
+        "forward_pooling_routes",
+        "false",
+        _bool,
+        "Also forward vLLM's pooling routes (`/pooling`, `/classify`, `/score`, "
+        "`/rerank`, `/v1/score`, `/v1/rerank`, `/v2/rerank`, `/v2/embed`): on only when "
+        "vLLM serves a pooling model.",
     ),
     Setting(
         "REQUIRE_AUDIT_HEADERS",
@@ -404,6 +421,7 @@ class Config:
     upstream_keepalive: float
     upstream_max_connections: int
     allowed_paths: tuple[str, ...]
+    forward_pooling_routes: bool
     require_audit_headers: bool
     max_request_body_bytes: int
     max_recorded_body_bytes: int
@@ -440,6 +458,9 @@ class Config:
     def __post_init__(self) -> None:
         names = frozenset(DEFAULT_REDACTED_HEADERS) | frozenset(self.extra_redacted_headers)
         object.__setattr__(self, "redacted_headers", names)
+        if self.forward_pooling_routes:
+            extra = tuple(p for p in POOLING_PATHS if p not in self.allowed_paths)
+            object.__setattr__(self, "allowed_paths", self.allowed_paths + extra)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Config:

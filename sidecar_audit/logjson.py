@@ -53,9 +53,7 @@ def _exception_fields(record: logging.LogRecord) -> dict[str, str]:
         "exceptionType": getattr(exc_type, "__qualname__", str(exc_type)),
         "stack": "".join(traceback.format_tb(tb)) if tb is not None else "",
     }
-    if record.name.startswith("sidecar_audit") and type(exc).__module__.startswith(
-        "sidecar_audit"
-    ):
+    if record.name.startswith("sidecar_audit") and type(exc).__module__.startswith("sidecar_audit"):
         fields["exceptionMessage"] = str(exc)[:500]
     return fields
 

@@ -68,8 +68,8 @@ from .record import (
     iso_utc,
     usage_view,
 )
-from .routing import path_allowed, usage_options_to_send
-from .sse import UsageChunkFilter
+from .routing import path_allowed, usage_options_to_send, will_stream
+from .sse import FingerprintMemo, TerminalDetector, UsageChunkFilter, terminal_detector
 from .upstream import ClientGone, Connection, UpstreamError, UpstreamPool, Wake
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class Exchange:
             outcome=outcome,
             error=error,
             model=model,
-            stream=isinstance(capture, StreamCapture),
+            stream=will_stream(self.path, self.members) or isinstance(capture, StreamCapture),
             usage=usage_view(usage),
             response_headers=recorded_headers(self.response_headers, redaction),
             response_body=response_view,
@@ -313,6 +313,7 @@ class Proxy:
         self._on_finished = on_finished
         self._redaction = Redaction(config.redacted_headers, config.redact_name_patterns)
         self._members = TopLevel(REQUEST_MEMBERS)
+        self._fingerprints = FingerprintMemo()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # perf_counter, not loop.time(): uvloop's clock counts whole milliseconds.
@@ -473,9 +474,10 @@ class Proxy:
                 client,
                 conn,
                 capture,
-                UsageChunkFilter() if strip_usage and is_sse else None,
+                UsageChunkFilter(self._fingerprints) if strip_usage and is_sse else None,
                 # Bytes that complete the answer wait for the record (module docstring).
                 None if is_sse else head.content_length,
+                terminal_detector(ex.path) if is_sse else None,
             )
             conn.start_body(relay.on_chunk)
             while await conn.wait() is Wake.NUDGED:
@@ -509,7 +511,16 @@ class _BodyRelay:
     which waits for the client to drain (or to stall out).
     """
 
-    __slots__ = ("_capture", "_client", "_conn", "_filter", "_held", "_length", "_received")
+    __slots__ = (
+        "_capture",
+        "_client",
+        "_conn",
+        "_filter",
+        "_held",
+        "_length",
+        "_received",
+        "_terminal",
+    )
 
     def __init__(
         self,
@@ -518,8 +529,10 @@ class _BodyRelay:
         capture: BodyCapture | StreamCapture,
         usage_filter: UsageChunkFilter | None,
         length: int | None,
+        terminal: TerminalDetector | None,
     ) -> None:
         self._client = client
+        self._terminal = terminal
         self._conn = conn
         self._capture = capture
         self._filter = usage_filter
@@ -534,7 +547,9 @@ class _BodyRelay:
             held, self._held = self._held, b""
             self._emit(held)
         if out:
-            if self._length is None:
+            if self._terminal is not None:  # the stream's terminal event (sse.terminal_detector)
+                completes = self._terminal.feed(out)
+            elif self._length is None:
                 completes = out.endswith(_DONE_EVENT)
             else:
                 self._received += len(out)

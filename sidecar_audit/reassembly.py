@@ -12,7 +12,17 @@ folds it in; `result()` gives plain data for the audit record:
   reasoning text and function calls of all output items folded into choice 0,
   the final status as finish reason, usage and model from the terminal
   `response.completed` / `.incomplete` / `.failed` event;
-- the last non-null `usage`, the `model`, and a mid-stream `{"error": ...}`.
+- Anthropic Messages events (`/v1/messages`, `event:` + `data:` lines, no
+  `[DONE]`): `content_block_start` opens a text, thinking or tool_use block,
+  `content_block_delta` adds `text_delta` to the content, `thinking_delta` to the
+  reasoning and `input_json_delta` to the block's tool call (its arguments),
+  `message_delta` carries the stop reason (the finish reason) and the final usage,
+  `message_start` the model; all into choice 0;
+- the last non-null `usage`, the `model`, and a mid-stream `{"error": ...}` or
+  `{"type": "error", "error": ...}` event;
+- whether the stream's terminal event came (`terminal_seen`: `[DONE]`,
+  `response.completed`/`.incomplete`/`.failed`, `message_stop`), and which API
+  the stream spoke (`api`: `openai`, `responses`, `messages`).
 
 Text is kept up to `max_chars` per field and choice; beyond that the field is
 cut and `truncated` is set, so memory is bounded whatever the stream's length.
@@ -28,6 +38,7 @@ from typing import Any
 import orjson
 
 DONE = b"[DONE]"
+_MESSAGES_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "ping"})
 
 
 @dataclass
@@ -90,11 +101,14 @@ class StreamAssembler:
         self.error: Any = None
         self.truncated = False
         self.has_output = False
+        self.terminal_seen = False
+        self.api: str | None = None
+        self._blocks: dict[int, str] = {}
 
     def add(self, payload: bytes) -> None:
         self.events += 1
         if payload == DONE:
-            self.done = True
+            self.done = self.terminal_seen = True
             return
         try:
             chunk = orjson.loads(payload)
@@ -106,8 +120,15 @@ class StreamAssembler:
             return
         kind = chunk.get("type")
         if isinstance(kind, str) and kind.startswith("response."):
+            self.api = "responses"
             self._add_responses_event(kind, chunk)
             return
+        if isinstance(kind, str) and (kind in _MESSAGES_EVENTS or kind.startswith("content_block")):
+            self.api = "messages"
+            self._add_messages_event(kind, chunk)
+            return
+        if self.api is None and "choices" in chunk:
+            self.api = "openai"
         if "error" in chunk:
             self.error = chunk["error"]
         model = chunk.get("model")
@@ -185,6 +206,7 @@ class StreamAssembler:
         elif kind == "response.error" or kind == "error":
             self.error = event.get("error", event)
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            self.terminal_seen = True
             response = event.get("response")
             if isinstance(response, dict):
                 if isinstance(response.get("usage"), dict):
@@ -195,6 +217,53 @@ class StreamAssembler:
                     choice.finish_reason = response["status"]
                 if response.get("error") is not None:
                     self.error = response["error"]
+
+    def _add_messages_event(self, kind: str, event: dict[str, Any]) -> None:
+        choice = self._choices.get(0)
+        if choice is None:
+            choice = self._choices[0] = _Choice(0, is_chat=True)
+        index = event.get("index")
+        if kind == "message_start":
+            message = event.get("message")
+            if isinstance(message, dict):
+                if isinstance(message.get("model"), str):
+                    self.model = message["model"]
+                if isinstance(message.get("usage"), dict):
+                    self.usage = message["usage"]
+        elif kind == "content_block_start" and isinstance(index, int):
+            block = event.get("content_block")
+            if isinstance(block, dict) and isinstance(block.get("type"), str):
+                self._blocks[index] = block["type"]
+                if block["type"] == "tool_use":
+                    call = {"index": index, "id": block.get("id"), "type": "function"}
+                    call["function"] = {"name": block.get("name")}
+                    self._add_tool_call(choice, call)
+        elif kind == "content_block_delta":
+            delta = event.get("delta")
+            if not isinstance(delta, dict):
+                return
+            dtype = delta.get("type")
+            if dtype == "text_delta" and isinstance(delta.get("text"), str):
+                self.truncated |= choice.content.add(delta["text"], self._cap)
+                self.has_output = True
+            elif dtype == "thinking_delta" and isinstance(delta.get("thinking"), str):
+                self.truncated |= choice.reasoning.add(delta["thinking"], self._cap)
+                self.has_output = True
+            elif dtype == "input_json_delta" and isinstance(index, int):
+                partial = delta.get("partial_json")
+                if isinstance(partial, str):
+                    arguments = {"index": index, "function": {"arguments": partial}}
+                    self._add_tool_call(choice, arguments)
+        elif kind == "message_delta":
+            delta = event.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                choice.finish_reason = delta["stop_reason"]
+            if isinstance(event.get("usage"), dict):
+                self.usage = {**(self.usage or {}), **event["usage"]}
+        elif kind == "message_stop":
+            self.terminal_seen = True
+        elif kind == "error":
+            self.error = event.get("error", event)
 
     def _add_tool_call(self, choice: _Choice, raw: dict[str, Any]) -> None:
         index = raw.get("index", len(choice.tool_calls))

@@ -10,6 +10,8 @@ chunks (tested by re-splitting fixtures at every byte offset).
 
 `UsageChunkFilter` turns the stream vLLM sent to a request the sidecar asked
 usage for back into the stream the client asked for (see its docstring).
+`terminal_detector(path)` says which chunk completes a stream's terminal event,
+so the proxy can hold exactly that chunk until the record is spooled.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import orjson
 
-_USAGE_ONLY_MARKERS = (b'"choices":[]', b'"choices": []')
+_USAGE = b'"usage"'
 _FINISH = b'"finish_reason":"'
 
 
@@ -185,51 +187,101 @@ def _array_end(data: bytes, start: int) -> int:
     return len(data)
 
 
+class FingerprintMemo:
+    """The upstream's `system_fingerprint`, learned from the usage chunks it sends.
+
+    vLLM computes one fingerprint per server at start (`serve/utils/fingerprint.py`)
+    and uses it on every chat and completion answer, so once one usage chunk has
+    shown it, terminal chunks can be stamped the moment they arrive. `known` is
+    False until then; `value` is None when the server sends none
+    (`--fingerprint-mode none`). One per proxy; the sidecar's only shared state.
+    """
+
+    __slots__ = ("known", "value")
+
+    def __init__(self) -> None:
+        self.known = False
+        self.value: str | None = None
+
+    def learn(self, fingerprint: Any) -> None:
+        self.known = True
+        self.value = fingerprint if isinstance(fingerprint, str) else None
+
+
 class UsageChunkFilter:
     """Gives the client the stream vLLM would have sent had the sidecar not asked for usage.
 
-    Two differences are undone: the usage-only chunk is removed, and the
-    `system_fingerprint` that vLLM moves from each terminal choice chunk (the
-    one with a `finish_reason`) to the usage chunk is put back. A terminal
-    chunk is therefore held from its arrival until the usage chunk, which vLLM
-    writes right after the last terminal chunk; with `n` > 1 everything after
-    the first terminal chunk waits with it, to keep the order. If no usage
-    chunk comes (an error ended the stream), held events are released as they
-    were. An unfinished event is held until its blank line arrives.
+    With `include_usage` on, vLLM (chat `serving.py:826-834`, completions
+    `serving.py:468-476`) adds a usage-only chunk (`"choices":[]`) after the last
+    choice and moves `system_fingerprint` from each choice's terminal chunk (the
+    one with a `finish_reason`) to that usage chunk. Undone here, live:
+
+    - every event passes through as it arrives, for any `n` and any number of
+      prompts; only the usage-only chunk is removed;
+    - a terminal chunk gets the fingerprint at vLLM's field position as it passes,
+      when the memo knows it. Before the first usage chunk ever seen (a new
+      sidecar), a terminal chunk alone is held until the usage chunk, the other
+      choices streaming on meanwhile; the memo then learns the fingerprint.
+    - with `--enable-force-include-usage` vLLM sends usage on every chunk and the
+      usage chunk whatever the request said; the first choice chunk carrying usage
+      shows it, and the filter then passes everything through untouched.
+
+    If no usage chunk comes (an error ended the stream), held events are released
+    as they were. An unfinished event waits for its blank line.
     """
 
-    __slots__ = ("_held", "_partial")
+    __slots__ = ("_held", "_memo", "_partial", "_passthrough")
 
-    def __init__(self) -> None:
+    def __init__(self, memo: FingerprintMemo | None = None) -> None:
         self._partial = b""
         self._held: list[bytes] = []
+        self._memo = memo if memo is not None else FingerprintMemo()
+        self._passthrough = False
 
     def feed(self, chunk: bytes) -> bytes:
+        if self._passthrough:
+            return chunk
         data = self._partial + chunk if self._partial else chunk
         cut = _last_event_end(data)
         if cut < 0:
             self._partial = data
             return b""
         complete, self._partial = data[:cut], data[cut:]
-        # The common case, a token chunk with nothing to hold or remove: three C scans.
-        if (
-            not self._held
-            and _FINISH not in complete
-            and _USAGE_ONLY_MARKERS[0] not in complete
-            and _USAGE_ONLY_MARKERS[1] not in complete
-        ):
+        # The common case, a token chunk with nothing to stamp or remove: C scans only.
+        if _FINISH not in complete and _USAGE not in complete:
             return complete
         out: list[bytes] = []
         for event in _split_events(complete):
-            obj = _json(_payload(event))
-            if obj is not None and obj.get("choices") == [] and obj.get("usage"):
+            payload = _payload(event)
+            if self._held and payload == b"[DONE]":
+                self._held.append(event)  # never ahead of a held terminal chunk
+                continue
+            obj = _json(payload)
+            if obj is None or self._passthrough:
+                out.append(event)
+                continue
+            choices = obj.get("choices")
+            if choices == [] and obj.get("usage"):
                 fingerprint = obj.get("system_fingerprint")
+                self._memo.learn(fingerprint)
                 out.extend(_with_fingerprint(e, fingerprint) for e in self._held)
                 self._held.clear()
-            elif self._held or _is_terminal(obj):
-                self._held.append(event)
+            elif choices and "usage" in obj:
+                # Forced usage: vLLM's stream is already what the client gets.
+                self._passthrough = True
+                out.extend(self._held)
+                self._held.clear()
+                out.append(event)
+            elif _is_terminal(obj):
+                if self._memo.known:
+                    out.append(_with_fingerprint(event, self._memo.value))
+                else:
+                    self._held.append(event)
             else:
                 out.append(event)
+        if self._passthrough and self._partial:
+            out.append(self._partial)
+            self._partial = b""
         return b"".join(out)
 
     def flush(self) -> bytes:
@@ -238,6 +290,51 @@ class UsageChunkFilter:
         self._held.clear()
         self._partial = b""
         return out
+
+
+_TERMINAL_TYPES = {
+    "/v1/responses": (b"response.completed", b"response.incomplete", b"response.failed", b"error"),
+    "/v1/messages": (b"message_stop", b"error"),
+}
+
+
+class TerminalDetector:
+    """Says which chunk of a stream completes its terminal event; pure, incremental.
+
+    `feed(chunk) -> bool` is True for the chunk holding the blank line that ends
+    the stream's terminal event: `data: [DONE]` on chat and completions, the
+    `response.completed` / `.incomplete` / `.failed` or `error` event on
+    `/v1/responses`, `message_stop` or `error` on `/v1/messages` (Anthropic sends
+    no `[DONE]`). The answer does not depend on how the stream was split.
+    """
+
+    __slots__ = ("_decoder", "_types")
+
+    def __init__(self, types: tuple[bytes, ...] | None) -> None:
+        self._decoder = SSEDecoder()
+        self._types = types
+
+    def feed(self, chunk: bytes) -> bool:
+        found = False
+        for payload in self._decoder.feed(chunk):
+            found = self._is_terminal(payload) or found
+        return found
+
+    def _is_terminal(self, payload: bytes) -> bool:
+        if self._types is None:
+            return payload == b"[DONE]"
+        if not any(t in payload for t in self._types):
+            return False
+        obj = _json(payload)
+        if obj is None:
+            return False
+        kind = obj.get("type")
+        return isinstance(kind, str) and kind.encode() in self._types
+
+
+def terminal_detector(path: str) -> TerminalDetector:
+    """The detector for the stream of a request to `path` (chat/completions: `[DONE]`)."""
+    return TerminalDetector(_TERMINAL_TYPES.get(path))
 
 
 def _last_event_end(data: bytes) -> int:

@@ -213,12 +213,27 @@ class _Kind:
 _CHAT = _Kind(("max_completion_tokens", "max_tokens"), None)
 
 
+_TRUE = frozenset({"1", "t", "y", "on", "yes", "true"})
+
+
+def _lax_true(value: Any) -> bool:
+    """True where pydantic's lax `bool` gives True (vLLM's `stream: bool | None`,
+    `StreamOptions.include_usage`): true, 1, 1.0 and the words t/y/on/yes/true in any
+    case, "1". Values it rejects never reach here in a valid request."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value == 1
+    return isinstance(value, str) and (value == "1" or value.lower() in _TRUE)
+
+
 def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
+    # vLLM serve/utils/api_utils.py:273-285 should_include_usage
     options = body.get("stream_options")
     if not isinstance(options, dict):
         return False, False
-    include = bool(options.get("include_usage"))
-    return include, include and bool(options.get("continuous_usage_stats"))
+    include = _lax_true(options.get("include_usage"))
+    return include, include and _lax_true(options.get("continuous_usage_stats"))
 
 
 def _stream_options_error(body: dict[str, Any]) -> ApiError | None:
@@ -290,7 +305,7 @@ def _common(
         prompts=prompts,
         prompt_tokens=counts,
         n=1 if n is None else n,
-        stream=bool(body.get("stream")),
+        stream=_lax_true(body.get("stream")),
         include_usage=include_usage,
         continuous_usage=continuous,
         max_tokens=effective,

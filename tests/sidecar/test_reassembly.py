@@ -142,3 +142,40 @@ def test_responses_api_stream() -> None:
     assert a.usage is not None and a.usage["total_tokens"] == 33
     assert usage_view(a.usage) == {"promptTokens": 11, "completionTokens": 22, "totalTokens": 33}
     assert a.model == "qwen" and a.events == 11 and not a.done
+
+
+def test_anthropic_messages_stream_text_thinking_tool_use_and_usage() -> None:
+    raw = (FIXTURES / "messages_thinking_tools.sse").read_bytes()
+    for cut in range(0, len(raw) + 1, 7):
+        a = assemble(raw, cut)
+        assert a.result() == [
+            {
+                "index": 0,
+                "content": "Grüße — checking ☔",
+                "reasoningContent": "Let me think.",
+                "toolCalls": [
+                    {
+                        "index": 2,
+                        "id": "chatcmpl-tool-1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+                "finishReason": "tool_use",
+            }
+        ], f"split at {cut}"
+        assert a.model == "qwen" and a.api == "messages" and a.terminal_seen
+        assert usage_view(a.usage) == {"promptTokens": 9, "completionTokens": 14, "totalTokens": 23}
+
+
+def test_a_responses_or_messages_stream_cut_before_its_terminal_event_is_an_error() -> None:
+    raw = (FIXTURES / "messages_thinking_tools.sse").read_bytes()
+    cut = raw.rindex(b"event: message_stop")
+    capture = StreamCapture(10_000, lambda: 0.0)
+    capture.feed(raw[:cut])
+    capture.finish()
+    assert capture.assembler.error["type"] == "stream_truncated"
+    whole = StreamCapture(10_000, lambda: 0.0)
+    whole.feed(raw)
+    whole.finish()
+    assert whole.assembler.error is None

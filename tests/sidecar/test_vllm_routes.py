@@ -1,0 +1,120 @@
+"""The sidecar's default allowlist against vLLM 0.33's route table.
+
+`sidecar_audit/vllm_routes.json` is every route vLLM's API server can register
+(all routers, conditional ones included), extracted from the release wheel by
+`vllm_engine/extract_routes.py` and classified there. Here: the default allowlist
+forwards exactly the `client` routes (and the `pooling` ones only when
+configured), every other route of the table is refused in every spelling, and —
+with `VLLM_WHEEL` pointing at the wheel — the committed table is the wheel's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidecar_audit.config import Config
+from sidecar_audit.routing import CLIENT_PATHS, POOLING_PATHS, path_allowed
+
+ROOT = Path(__file__).resolve().parents[2]
+TABLE = ROOT / "sidecar_audit" / "vllm_routes.json"
+EXTRACTOR = ROOT / "vllm_engine" / "extract_routes.py"
+ENV = {"AUDIT_BUCKET": "central-llm-audit", "AUDIT_SPOOL_DIR": "/tmp/spool"}
+
+
+def routes() -> list[dict[str, object]]:
+    table = json.loads(TABLE.read_text())
+    assert table["vllmVersion"] == "0.33.0"
+    return table["routes"]
+
+
+def concrete(path: str) -> str:
+    return path.replace("{response_id}", "resp_123")
+
+
+def paths_of(cls: str) -> set[str]:
+    return {str(r["path"]) for r in routes() if r["class"] == cls}
+
+
+@pytest.mark.skipif("VLLM_WHEEL" not in os.environ, reason="set VLLM_WHEEL to a vLLM wheel")
+def test_the_committed_table_matches_the_wheel() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXTRACTOR), os.environ["VLLM_WHEEL"], "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_table_holds_the_routes_the_issue_names() -> None:
+    by_path = {str(r["path"]): r for r in routes()}
+    assert by_path["/v1/load_lora_adapter"]["class"] == "lora"
+    assert by_path["/v1/messages"]["class"] == "client"
+    assert by_path["/scale_elastic_ep"]["class"] == "elastic-ep"
+    assert by_path["/sleep"]["class"] == "sleep-wake"
+    assert by_path["/start_profile"]["class"] == "profiling"
+    assert len(routes()) > 80
+
+
+def test_client_and_pooling_paths_are_the_tables_classes() -> None:
+    assert set(CLIENT_PATHS) == paths_of("client")
+    assert set(POOLING_PATHS) == paths_of("pooling")
+
+
+def test_default_allowlist_forwards_exactly_the_client_routes() -> None:
+    allowed = Config.from_env(ENV).allowed_paths
+    for route in routes():
+        path = concrete(str(route["path"]))
+        assert path_allowed(path, allowed) == (route["class"] == "client"), route
+
+
+def test_pooling_routes_only_when_configured() -> None:
+    allowed = Config.from_env({**ENV, "FORWARD_POOLING_ROUTES": "true"}).allowed_paths
+    for route in routes():
+        path = concrete(str(route["path"]))
+        assert path_allowed(path, allowed) == (route["class"] in ("client", "pooling")), route
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/v1/load_lora_adapter",
+        "/v1/unload_lora_adapter",
+        "/v1/load_lora_adapter?x=1",
+        "/v1/%6coad_lora_adapter",
+        "/v1/chat/../load_lora_adapter",
+        "/v1/chat/completions/render",
+        "/v1/responses/render",
+        "/v1/responses//cancel",
+        "/v1/responses/a/b/cancel",
+        "/v1/models/",
+        "/inference/v1/generate",
+        "/metrics",
+        "/metrics/x",
+        "/invocations",
+        "/sleep",
+        "/v1/realtime",
+        "/docs",
+    ],
+)
+def test_never_forwarded(raw: str) -> None:
+    assert not path_allowed(raw, Config.from_env(ENV).allowed_paths)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/v1/responses/resp_1",
+        "/v1/responses/resp_1/cancel",
+        "/v1/chat%2Fcompletions",
+        "/v1/messages",
+    ],
+)
+def test_forwarded(raw: str) -> None:
+    assert path_allowed(raw, Config.from_env(ENV).allowed_paths)
