@@ -99,12 +99,19 @@ def _header_map(pairs: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def _parsed(body: bytes) -> object:
+    """The body as JSON for the journal's read-back; None when it is not JSON we can echo.
+
+    Bodies nested deeper than orjson encodes (255 levels; it decodes up to 1024)
+    are kept as digests only, so one odd request cannot break the read-back.
+    """
     if not body:
         return None
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
+        parsed = orjson.loads(body)
+        orjson.dumps(parsed)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
+    return parsed
 
 
 @dataclass(slots=True)

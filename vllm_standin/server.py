@@ -51,6 +51,9 @@ async def running_standin(options: StandinOptions) -> AsyncIterator[RunningStand
         max_line_size=MAX_HEADER_BYTES,
         max_field_size=MAX_HEADER_BYTES,
         max_headers=MAX_HEADERS,
+        # uvicorn (vLLM's server) never undoes a request's Content-Encoding: the body
+        # reaches the JSON parser as sent (a gzip body is then not JSON: vLLM's 400).
+        auto_decompress=False,
     )
     await runner.setup()
     try:
