@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from llm_audit_events import ObjectRef, UnknownEvent, objects_in, parse_event
-from llm_audit_objects import UnreadableObject, decode_object, is_audit_key
+from llm_audit.events import ObjectRef, UnknownEvent, objects_in, parse_event
+from llm_audit.objects import UnreadableObject, decode_object, is_audit_key
 from tests.ingest.support import batch_body, load_event, record
 
 KEY = "logs/2026/11/26/0192f3a4-batch.ndjson.gz"

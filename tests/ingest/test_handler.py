@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from central_llm_ops.ingest_sqs import LocalContext
-from llm_audit_config import ConfigError
-from llm_audit_events import UnknownEvent
-from llm_audit_ingest import IngestFailed, handler
+from llm_audit.config import ConfigError
+from llm_audit.events import UnknownEvent
+from llm_audit.ingest import IngestFailed, handler
 from tests.ingest.aws_proxy import AwsProxy
 from tests.ingest.conftest import Stack
 from tests.ingest.support import (

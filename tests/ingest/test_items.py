@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from llm_audit_items import (
+from llm_audit.items import (
     UNKNOWN,
     AuditSource,
     InvalidRecord,

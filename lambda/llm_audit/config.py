@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from llm_audit_items import ItemRules
+from llm_audit.items import ItemRules
 
 
 class ConfigError(ValueError):

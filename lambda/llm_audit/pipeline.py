@@ -25,12 +25,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from llm_audit_events import ObjectRef, WorkUnit
-from llm_audit_items import AuditSource, InvalidRecord, ItemRules, build_item
-from llm_audit_log import JsonLog
-from llm_audit_objects import DecodedLine, UnreadableObject, decode_object
-from llm_audit_s3 import ObjectUnavailable
-from llm_audit_writer import Deadline, WriteOutcome
+from llm_audit.events import ObjectRef, WorkUnit
+from llm_audit.items import AuditSource, InvalidRecord, ItemRules, build_item
+from llm_audit.log import JsonLog
+from llm_audit.objects import DecodedLine, UnreadableObject, decode_object
+from llm_audit.s3 import ObjectUnavailable
+from llm_audit.writer import Deadline, WriteOutcome
 
 
 class ObjectSource(Protocol):

@@ -1,8 +1,8 @@
 """Lambda `llm-audit-ingest`: audit objects in S3 -> items in DynamoDB (`CentralLLMAudit`).
 
-Entry point: `llm_audit_ingest.handler`. Packaged flat with
-`zip -j function.zip lambda/llm_audit_*.py`; imports only the standard library
-and boto3/botocore (which the python3.12 runtime provides).
+Entry point: `llm_audit.ingest.handler`. Packaged by `scripts/package-lambda.sh`
+(the package folder at the zip's root); imports only the standard library and
+boto3/botocore (which the python3.12 runtime provides).
 
 What the invocation answers:
 
@@ -27,12 +27,12 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from llm_audit_config import ConfigError, Settings
-from llm_audit_events import ParsedEvent, UnknownEvent, parse_event
-from llm_audit_log import JsonLog
-from llm_audit_pipeline import IngestReport, ingest
-from llm_audit_s3 import S3Objects
-from llm_audit_writer import Deadline, DynamoWriter
+from llm_audit.config import ConfigError, Settings
+from llm_audit.events import ParsedEvent, UnknownEvent, parse_event
+from llm_audit.log import JsonLog
+from llm_audit.pipeline import IngestReport, ingest
+from llm_audit.s3 import S3Objects
+from llm_audit.writer import Deadline, DynamoWriter
 
 TIME_MARGIN_S = 3.0
 BUDGET_WITHOUT_CONTEXT_S = 300.0

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from llm_audit_events import ObjectRef
+from llm_audit.events import ObjectRef
 
 ARCHIVE_ACL = "bucket-owner-full-control"
 
