@@ -33,7 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from central_llm_ops import audit_queries as q
 from central_llm_ops.audit_format import detail, json_line, plain, table, write_lines
 from central_llm_ops.audit_timerange import TimeRange
-from llm_audit_objects import UnreadableObject, record_at
+from llm_audit.objects import UnreadableObject, record_at
 
 DEFAULT_LIMITS = {"user": 100, "status": 100, "slowest": 20, "project": 100}
 

@@ -1,7 +1,7 @@
 """Re-process the events waiting in the ingestion's dead-letter queue (`llm-audit-dlq`).
 
 `central-llm-dlq-redrive` (or `python -m central_llm_ops.dlq_redrive`) receives
-the DLQ's messages in batches and hands them to `llm_audit_ingest.handler` as
+the DLQ's messages in batches and hands them to `llm_audit.ingest.handler` as
 an SQS event, in this process. Both kinds of DLQ message work: the S3
 notification a failed SQS message carried (S3 -> SQS -> Lambda) and the event
 of a failed asynchronous invocation (S3 -> Lambda, whose DLQ message body is
@@ -36,9 +36,9 @@ import boto3
 
 from central_llm_ops.ingest_sqs import Handler, process_batch, queue_arn_of, queue_url_of
 from central_llm_ops.local_aws import DEFAULT_DLQ
-from llm_audit_events import objects_in
-from llm_audit_ingest import handler as ingest_handler
-from llm_audit_log import JsonLog
+from llm_audit.events import objects_in
+from llm_audit.ingest import handler as ingest_handler
+from llm_audit.log import JsonLog
 
 
 @dataclass(frozen=True)

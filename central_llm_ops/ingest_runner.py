@@ -2,7 +2,7 @@
 
 `central-llm-ingest-runner` (or `python -m central_llm_ops.ingest_runner`) does
 what Lambda's SQS event source mapping does for `llm-audit-ingest`: receive up
-to 10 messages (long poll), call `llm_audit_ingest.handler` with an SQS event,
+to 10 messages (long poll), call `llm_audit.ingest.handler` with an SQS event,
 delete the messages it accepted and leave the others. A message left behind
 becomes visible again after the queue's visibility timeout; after the queue's
 `maxReceiveCount` receives SQS moves it to the DLQ (`llm-audit-dlq`).
@@ -33,8 +33,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from central_llm_ops.ingest_sqs import Handler, process_batch, queue_arn_of, queue_url_of
 from central_llm_ops.local_aws import DEFAULT_QUEUE
-from llm_audit_ingest import handler as ingest_handler
-from llm_audit_log import JsonLog
+from llm_audit.ingest import handler as ingest_handler
+from llm_audit.log import JsonLog
 
 RECEIVE_ERROR_PAUSE_S = 5.0
 

@@ -1,7 +1,7 @@
 """Feed SQS messages to the ingestion handler as Lambda's SQS event source does.
 
 Shared by the local runner and the DLQ redrive, so both exercise the exact
-code path of the deployed function (`llm_audit_ingest.handler` on an SQS
+code path of the deployed function (`llm_audit.ingest.handler` on an SQS
 event with partial batch responses).
 
 Invariants:
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_audit_log import JsonLog
+from llm_audit.log import JsonLog
 
 Handler = Callable[[dict[str, Any], Any], Any]
 

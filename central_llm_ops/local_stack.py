@@ -69,7 +69,7 @@ from central_llm_ops.local_aws import (
     AwsClients,
     ensure_audit_resources,
 )
-from llm_audit_log import JsonLog
+from llm_audit.log import JsonLog
 from vllm_standin.options import DEFAULT_MODEL
 
 BUCKET = "central-llm-audit"

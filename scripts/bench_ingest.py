@@ -6,7 +6,7 @@
 Starts a moto server on loopback (or uses AWS_ENDPOINT_URL when set), creates
 the audit resources, uploads `--objects` batch objects of `--records` records
 each plus `--singles` single-record objects, then calls
-`llm_audit_ingest.handler` on one S3 event per object, in this process, and
+`llm_audit.ingest.handler` on one S3 event per object, in this process, and
 times only those calls. Prints one JSON line per mode and a summary.
 
 The figure is a property of the endpoint as much as of the handler: against
@@ -43,7 +43,7 @@ sys.path[:0] = [str(ROOT / "lambda"), str(ROOT)]  # run from a checkout without 
 from central_llm_ops.audit_table import load_definition  # noqa: E402
 from central_llm_ops.ingest_sqs import LocalContext  # noqa: E402
 from central_llm_ops.local_aws import AwsClients, ensure_audit_resources  # noqa: E402
-from llm_audit_ingest import handler  # noqa: E402
+from llm_audit.ingest import handler  # noqa: E402
 
 START = datetime(2026, 11, 26, tzinfo=UTC)
 

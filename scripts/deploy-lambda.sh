@@ -8,7 +8,7 @@ usage() {
     cat <<'USAGE'
 Usage: scripts/deploy-lambda.sh [deploy-stack options]
 
-Zips lambda/llm_audit_*.py (zip -j), uploads the zip under a content-addressed
+Zips the package lambda/llm_audit/, uploads the zip under a content-addressed
 key and updates the stack's LambdaCodeKey, so CloudFormation replaces the
 function's code; nothing else changes. Same options as scripts/deploy-stack.sh
 (--stack, --region, --artifacts-bucket, ...).

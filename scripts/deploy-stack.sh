@@ -20,7 +20,7 @@ Options:
   --template PATH         template file [ecs/central-llm-stack.json]
   --artifacts-bucket B    bucket for the template and the Lambda zip, created if
                           missing [$ARTIFACTS_BUCKET or central-llm-artifacts-<account>-<region>]
-  --package-lambda        zip lambda/llm_audit_*.py, upload it (content-addressed)
+  --package-lambda        zip the package lambda/llm_audit/, upload it (content-addressed)
                           and point the function at it
   --vpc-id ID             VpcId (first deploy)
   --vpc-cidr CIDR         VpcCidr (first deploy)

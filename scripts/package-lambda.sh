@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Package the ingestion Lambda: the flat lambda/llm_audit_*.py files, zip -j.
+# Package the ingestion Lambda: the package lambda/llm_audit/, zipped at the archive's root.
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -8,9 +8,9 @@ usage() {
     cat <<'USAGE'
 Usage: scripts/package-lambda.sh [--out PATH]
 
-Zips lambda/llm_audit_*.py flat (zip -j) into one archive for the
-llm-audit-ingest function (python3.12, handler llm_audit_ingest.handler; boto3
-comes from the runtime). File times are fixed, so the same sources give the
+Zips the package lambda/llm_audit/ (its .py files, as llm_audit/<module>.py)
+into one archive for the llm-audit-ingest function (python3.12, handler
+llm_audit.ingest.handler; boto3 comes from the runtime). File times are fixed, so the same sources give the
 same bytes and the same content-addressed S3 key. Prints the archive's path.
 
 Options:
@@ -31,17 +31,21 @@ done
 need zip
 
 shopt -s nullglob
-sources=("${root}"/lambda/llm_audit_*.py)
-[[ ${#sources[@]} -gt 0 ]] || die "no lambda/llm_audit_*.py files found"
-[[ -f "${root}/lambda/llm_audit_ingest.py" ]] || die "lambda/llm_audit_ingest.py (the handler) is missing"
+package="${root}/lambda/llm_audit"
+sources=("${package}"/*.py)
+[[ ${#sources[@]} -gt 0 ]] || die "no lambda/llm_audit/*.py files found"
+[[ -f "${package}/ingest.py" ]] || die "lambda/llm_audit/ingest.py (the handler) is missing"
 
 staging="$(mktemp -d)"
 trap 'rm -rf "${staging}"' EXIT
-cp "${sources[@]}" "${staging}/"
-touch -d '2000-01-01T00:00:00Z' "${staging}"/*.py
+mkdir "${staging}/llm_audit"
+cp "${sources[@]}" "${staging}/llm_audit/"
+touch -d '2000-01-01T00:00:00Z' "${staging}/llm_audit" "${staging}"/llm_audit/*.py
 mkdir -p "$(dirname "${out}")"
 rm -f "${out}"
-(cd "${staging}" && LC_ALL=C find . -maxdepth 1 -name 'llm_audit_*.py' -print | LC_ALL=C sort \
-    | zip -q -X -j "${out}" -@)
-log "packaged ${#sources[@]} modules"
+# Only the .py files, in a fixed order, without directory entries or extra
+# attributes: the same sources always give the same bytes.
+(cd "${staging}" && LC_ALL=C find llm_audit -maxdepth 1 -name '*.py' -print | LC_ALL=C sort \
+    | zip -q -X -D "${out}" -@)
+log "packaged ${#sources[@]} modules of llm_audit"
 printf '%s\n' "${out}"

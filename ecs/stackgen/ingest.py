@@ -140,7 +140,7 @@ def _function(ingest_policy: dict[str, Any]) -> dict[str, Json]:
                 "FunctionName": ref("IngestFunctionName"),
                 "Description": "Indexes audit objects from S3 into DynamoDB",
                 "Runtime": "python3.12",
-                "Handler": "llm_audit_ingest.handler",
+                "Handler": "llm_audit.ingest.handler",
                 "Architectures": ["arm64"],
                 "MemorySize": 512,
                 "Timeout": FUNCTION_TIMEOUT_S,

@@ -66,8 +66,8 @@ def moto_template() -> dict[str, Any]:
 def lambda_zip() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for path in sorted((ROOT / "lambda").glob("llm_audit_*.py")):
-            archive.write(path, path.name)
+        for path in sorted((ROOT / "lambda" / "llm_audit").glob("*.py")):
+            archive.write(path, f"llm_audit/{path.name}")
     return buffer.getvalue()
 
 

@@ -93,7 +93,7 @@ def test_unknown_argument_is_refused(script: Path) -> None:
     assert "unknown argument" in result.stderr
 
 
-def test_lambda_package_is_flat_and_reproducible(tmp_path: Path) -> None:
+def test_lambda_package_holds_the_package_and_is_reproducible(tmp_path: Path) -> None:
     require_tool("zip")
     first, second = tmp_path / "a.zip", tmp_path / "b.zip"
     for out in (first, second):
@@ -107,8 +107,8 @@ def test_lambda_package_is_flat_and_reproducible(tmp_path: Path) -> None:
     assert first.read_bytes() == second.read_bytes()
     with zipfile.ZipFile(first) as archive:
         names = sorted(archive.namelist())
-    assert names == sorted(p.name for p in (ROOT / "lambda").glob("llm_audit_*.py"))
-    assert "llm_audit_ingest.py" in names
+    assert names == sorted(f"llm_audit/{p.name}" for p in (ROOT / "lambda/llm_audit").glob("*.py"))
+    assert "llm_audit/ingest.py" in names
 
 
 # --- against moto ---------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_deploy_stack_creates_the_stack_with_a_packaged_lambda(
     assert key.startswith("lambda/llm-audit-ingest-") and key.endswith(".zip")
     lam = boto3.client("lambda", endpoint_url=deploy_moto, region_name=REGION)
     config = lam.get_function(FunctionName="llm-audit-ingest")["Configuration"]
-    assert config["Handler"] == "llm_audit_ingest.handler"
+    assert config["Handler"] == "llm_audit.ingest.handler"
 
 
 class _Endpoint(BaseHTTPRequestHandler):

@@ -76,7 +76,7 @@ def test_lambda_is_fed_by_the_queue_and_configured(deployed_stack: DeployedStack
     lam = deployed_stack.client("lambda")
     config = lam.get_function(FunctionName="llm-audit-ingest")["Configuration"]
     assert config["Runtime"] == "python3.12"
-    assert config["Handler"] == "llm_audit_ingest.handler"
+    assert config["Handler"] == "llm_audit.ingest.handler"
     variables = config["Environment"]["Variables"]
     assert variables["TABLE_NAME"] == "CentralLLMAudit"
     assert variables["AUDIT_PREFIX"] == "logs"

@@ -205,7 +205,7 @@ def test_failed_ingestions_land_in_the_dlq_after_retries() -> None:
 def test_lambda_configuration_matches_the_ingestion_contract() -> None:
     function = _properties("IngestFunction")
     assert function["Runtime"] == "python3.12"
-    assert function["Handler"] == "llm_audit_ingest.handler"
+    assert function["Handler"] == "llm_audit.ingest.handler"
     variables = function["Environment"]["Variables"]
     assert set(variables) == {
         "TABLE_NAME",
@@ -215,7 +215,7 @@ def test_lambda_configuration_matches_the_ingestion_contract() -> None:
         "ARCHIVE_BUCKET",
     }
     assert variables["MAX_PREVIEW_CHARS"] == "2048"
-    assert (ROOT / "lambda" / "llm_audit_ingest.py").exists()
+    assert (ROOT / "lambda" / "llm_audit" / "ingest.py").exists()
 
 
 def test_target_group_keeps_the_original_health_check_and_drains_long_streams() -> None:

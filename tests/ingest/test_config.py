@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_audit_config import ConfigError, Settings
+from llm_audit.config import ConfigError, Settings
 
 
 @pytest.mark.parametrize(

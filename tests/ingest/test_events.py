@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import gzip
 import json
+from decimal import Decimal
 
 import pytest
 
-from llm_audit_events import ObjectRef, UnknownEvent, objects_in, parse_event
-from llm_audit_objects import UnreadableObject, decode_object, is_audit_key
+from llm_audit.events import ObjectRef, UnknownEvent, objects_in, parse_event
+from llm_audit.lines import content, split_lines
+from llm_audit.objects import (
+    Limits,
+    ObjectTooLarge,
+    UnreadableObject,
+    decode_object,
+    is_audit_key,
+)
 from tests.ingest.support import batch_body, load_event, record
 
 KEY = "logs/2026/11/26/0192f3a4-batch.ndjson.gz"
@@ -143,11 +151,42 @@ def test_batch_lines_are_numbered_from_zero_and_poison_is_isolated() -> None:
     assert "{not json" not in (lines[1].error or "")  # reasons never carry content
 
 
-def test_batch_numbers_are_decimals_and_nan_is_refused() -> None:
-    body = gzip.compress(b'{"requestId": "a", "latencyMs": 1.5}\n{"latencyMs": NaN}\n')
+def test_batch_numbers_are_exact_decimals_and_nan_stays_a_number() -> None:
+    """NaN no longer poisons its whole record: items.py leaves it out of the item."""
+    body = gzip.compress(
+        b'{"requestId": "a", "latencyMs": 1.5}\n{"latencyMs": NaN, "ttftMs": -Infinity}\n'
+        b'{"n": 1' + b"0" * 5000 + b', "m": 1e-99999999999999999999}\n'
+    )
     lines = decode_object(KEY, body)
     assert repr(lines[0].record and lines[0].record["latencyMs"]) == "Decimal('1.5')"
-    assert lines[1].record is None
+    assert lines[1].record is not None
+    assert lines[1].record["latencyMs"].is_nan()
+    assert lines[1].record["ttftMs"] == Decimal("-Infinity")
+    assert lines[2].record == {"n": Decimal("1" + "0" * 5000), "m": 0}
+
+
+def test_lines_over_the_cap_are_reported_and_their_neighbours_kept() -> None:
+    body = batch_body([record(requestId="a"), record(requestId="b" * 100), record(requestId="c")])
+    small = len(json.dumps(record(requestId="a"))) + 10
+    lines = decode_object(KEY, body, Limits(max_line_bytes=small))
+    assert [(d.line, d.record and d.record["requestId"]) for d in lines] == [
+        (0, "a"),
+        (1, None),
+        (2, "c"),
+    ]
+    assert f"longer than {small} bytes" in (lines[1].error or "")
+
+
+def test_concatenated_gzip_members_are_one_object() -> None:
+    one, two = batch_body([record(requestId="a")]), batch_body([record(requestId="b")])
+    lines = decode_object(KEY, one + b"\0\0" + two)
+    assert [d.record and d.record["requestId"] for d in lines] == ["a", "b"]
+
+
+def test_content_over_the_object_cap_is_refused_while_streaming() -> None:
+    body = batch_body([record(requestId=f"r{n}") for n in range(50)])
+    with pytest.raises(ObjectTooLarge, match="MAX_OBJECT_BYTES"):
+        decode_object(KEY, body, Limits(max_object_bytes=10_000))
 
 
 def test_single_record_object_is_line_zero() -> None:
@@ -159,3 +198,21 @@ def test_single_record_object_is_line_zero() -> None:
 def test_broken_gzip_makes_the_object_unreadable(body: bytes) -> None:
     with pytest.raises(UnreadableObject):
         decode_object(KEY, body)
+
+
+def test_lines_are_the_same_whatever_the_chunking() -> None:
+    text = b"".join(
+        b"line %d %s\n" % (n, b"x" * (n * 37 % 900)) + b"\n" * (n % 3) for n in range(400)
+    )
+    text += b"\n\nlast without newline"
+    expected = [(n, line) for n, line in enumerate(text.split(b"\n")) if line]
+    capped = [(n, None if len(line) > 500 else line) for n, line in expected]
+    for size in (1, 2, 3, 7, 64, 1000, 4096, len(text)):
+        chunks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert list(split_lines(chunks, 1 << 20)) == expected, size
+        assert list(split_lines(chunks, 500)) == capped, size
+        assert b"".join(content(chunks_of(gzip.compress(text), size), True, 1 << 20)) == text
+
+
+def chunks_of(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -10,9 +11,9 @@ from typing import Any
 import pytest
 
 from central_llm_ops.ingest_sqs import LocalContext
-from llm_audit_config import ConfigError
-from llm_audit_events import UnknownEvent
-from llm_audit_ingest import IngestFailed, handler
+from llm_audit.config import ConfigError
+from llm_audit.events import UnknownEvent
+from llm_audit.ingest import IngestFailed, cached_clients, client_fingerprint, handler
 from tests.ingest.aws_proxy import AwsProxy
 from tests.ingest.conftest import Stack
 from tests.ingest.support import (
@@ -228,3 +229,73 @@ def test_unknown_event_is_refused_and_logged(capsys: pytest.CaptureFixture[str])
     with pytest.raises(UnknownEvent):
         handler({"detail-type": "Scheduled Event"}, context())
     assert log_lines(capsys.readouterr().out)[0]["event"] == "unknown_event"
+
+
+def test_sqs_batch_whose_every_message_failed_raises_for_the_errors_metric(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Powertools' raise_on_entire_batch_failure: Lambda's Errors metric must see it."""
+    poisoned = "logs/2026/11/26/poisoned.ndjson.gz"
+    put_batch(stack.s3, stack.bucket, poisoned, [record(requestId="p1"), b"\xff\xfe"])
+    event = load_event(
+        "sqs_s3_notifications.json",
+        bucket=stack.bucket,
+        key_good="logs/2026/11/26/missing.ndjson.gz",
+        key_poisoned=poisoned,
+    )
+    event["Records"] = event["Records"][:2]  # no test event: both messages fail
+
+    with pytest.raises(IngestFailed) as failed:
+        handler(event, context())
+
+    detail = json.loads(str(failed.value))
+    assert detail["error"] == "every message of the batch failed"
+    assert detail["failedUnits"] == 2
+    assert any("NoSuchKey" in reason for reason in detail["reasons"])
+    assert [i["requestId"] for i in table_items(stack.ddb, stack.table)] == ["p1"]
+    assert summary_of(capsys.readouterr().out)["failedUnits"] == 2
+
+
+def test_sqs_batch_of_test_events_only_succeeds(stack: Stack) -> None:
+    event = load_event(
+        "sqs_s3_notifications.json", bucket=stack.bucket, key_good="x", key_poisoned="y"
+    )
+    event["Records"] = event["Records"][2:]
+    assert handler(event, context()) == {"batchItemFailures": []}
+
+
+def test_edge_attribution_reaches_the_item_and_nothing_key_like_does(stack: Stack) -> None:
+    edge = record(
+        apiKeyId="a1b2c3d4e5",
+        edgeRequestId="6f2b0c9e-1d2a-4c3b-9e8f-0a1b2c3d4e5f",
+        apiKey="sk-live-secret-value",
+        request={**record()["request"], "headers": {"x-api-key": "[REDACTED]"}},
+    )
+    put_batch(stack.s3, stack.bucket, BATCH_KEY, [edge, record(requestId="no-edge", apiKeyId=None)])
+
+    handler(load_event("s3_put.json", bucket=stack.bucket, key=BATCH_KEY), context())
+
+    items = {i["requestId"]: i for i in table_items(stack.ddb, stack.table)}
+    with_edge, without = items["req-0001"], items["no-edge"]
+    assert with_edge["apiKeyId"] == "a1b2c3d4e5"
+    assert with_edge["edgeRequestId"] == "6f2b0c9e-1d2a-4c3b-9e8f-0a1b2c3d4e5f"
+    assert "apiKeyId" not in without and "edgeRequestId" not in without
+    assert "sk-live-secret-value" not in json.dumps(with_edge, default=str)
+    assert {name for name in with_edge if "key" in name.lower()} == {"apiKeyId", "auditObjectKey"}
+
+
+def test_warm_invocations_reuse_the_clients(
+    stack: Stack, aws_proxy: AwsProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_single(stack.s3, stack.bucket, "logs/2026/11/26/req-0001.json", record())
+    event = load_event("s3_put.json", bucket=stack.bucket, key="logs/2026/11/26/req-0001.json")
+    first = cached_clients(None, client_fingerprint(os.environ))
+    handler(event, context())
+    handler(event, context())
+    assert cached_clients(None, client_fingerprint(os.environ)) is first
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", aws_proxy.url)  # another environment: new clients
+    other = cached_clients(None, client_fingerprint(os.environ))
+    assert other is not first
+    handler(event, context())
+    assert [s for s in aws_proxy.seen if s.path.startswith(f"/{stack.bucket}/logs/")]

@@ -7,8 +7,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from boto3.dynamodb.types import TypeSerializer
 
-from llm_audit_items import (
+from llm_audit.items import (
     UNKNOWN,
     AuditSource,
     InvalidRecord,
@@ -18,6 +19,7 @@ from llm_audit_items import (
     cut,
     item_keys,
     normalise_label,
+    number_attributes,
     parse_timestamp,
     prompt_text,
     response_text,
@@ -229,15 +231,56 @@ def test_response_text(response_part: Any, expected: str | None) -> None:
         (200, 200),
         (Decimal("812.305"), Decimal("812.305")),
         (812.305, Decimal("812.305")),
-        (Decimal("NaN"), None),
-        (float("inf"), None),
+        (Decimal("NaN"), "NaN"),
+        (float("inf"), Decimal("Infinity")),
         (True, None),
         ("200", None),
         (None, None),
     ],
 )
-def test_as_number(raw: object, expected: object) -> None:
-    assert as_number(raw) == expected
+def test_as_number_takes_json_numbers_only(raw: object, expected: object) -> None:
+    number = as_number(raw)
+    if expected == "NaN":
+        assert isinstance(number, Decimal) and number.is_nan()
+    else:
+        assert number == expected
+
+
+MAX = Decimal("9.9999999999999999999999999999999999999E+125")
+D39 = "123456789012345678901234567890123456789"  # 39 significant digits
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored", "as_recorded"),
+    [
+        (200, 200, None),
+        (Decimal("812.305"), Decimal("812.305"), None),
+        (10**38 - 1, 10**38 - 1, None),
+        (10**38, Decimal("1E+38"), None),
+        (10**38 + 1, Decimal("1E+38"), str(10**38 + 1)),
+        (Decimal("1.00000000000000000000000000000000000000000"), Decimal(1), None),
+        (Decimal(f"1.{D39[1:]}"), Decimal(f"1.{D39[1:37]}9"), f"1.{D39[1:]}"),
+        (Decimal("1E+200"), MAX, "1E+200"),
+        (Decimal("-1E+200"), MAX.copy_negate(), "-1E+200"),
+        (Decimal(f"9.{'9' * 38}E+125"), MAX, f"9.{'9' * 38}E+125"),
+        (MAX, MAX, None),
+        (Decimal("1E-200"), 0, "1E-200"),
+        (Decimal("1E-130"), Decimal("1E-130"), None),
+        (Decimal("1.5E-131"), 0, "1.5E-131"),
+        (Decimal("-0.0"), 0, None),
+        (Decimal("Infinity"), MAX, "Infinity"),
+        (Decimal("-Infinity"), MAX.copy_negate(), "-Infinity"),
+        (Decimal("NaN"), None, "NaN"),
+        ("12", None, None),
+        ([12], None, None),
+    ],
+)  # fmt: skip
+def test_numbers_fit_dynamodb_by_one_rule(raw: object, stored: object, as_recorded: object) -> None:
+    expected = {"latencyMs": stored, "latencyMsAsRecorded": as_recorded}
+    attributes = number_attributes("latencyMs", raw)
+    assert attributes == {k: v for k, v in expected.items() if v is not None}
+    if "latencyMs" in attributes:  # boto3's serializer takes it as is (it traps any rounding)
+        assert TypeSerializer().serialize(attributes["latencyMs"])["N"]
 
 
 def test_ttl_counts_retention_from_the_request_time() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from central_llm_ops import audit_query
 from central_llm_ops.ingest_sqs import LocalContext
-from llm_audit_ingest import handler
+from llm_audit.ingest import handler
 from tests.conftest import AWS_TEST_ENV
 from tests.ingest.conftest import Stack
 from tests.ingest.support import load_event, put_batch, record

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
+
+import boto3
+import pytest
 
 from central_llm_ops.audit_format import COLUMNS
 from central_llm_ops.audit_table import create_table_kwargs, load_definition
@@ -114,34 +117,53 @@ def test_local_aws_cli_prints_the_resources(moto_server: str) -> None:
     assert resources["dlq_url"].endswith("/llm-audit-dlq")
 
 
-def test_pyproject_installs_every_lambda_module() -> None:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    modules = set(config["tool"]["setuptools"]["py-modules"])
-    assert modules == {p.stem for p in (ROOT / "lambda").glob("llm_audit_*.py")}
-
-
-def test_flat_zip_imports_with_stdlib_and_boto3_only(tmp_path: Path) -> None:
+def package_zip(tmp_path: Path) -> Path:
+    """The function's zip, built by the operator's own script."""
     bundle = tmp_path / "function.zip"
-    with zipfile.ZipFile(bundle, "w") as archive:  # what `zip -j` builds
-        for path in sorted((ROOT / "lambda").glob("llm_audit_*.py")):
-            archive.write(path, arcname=path.name)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "package-lambda.sh"), "--out", str(bundle)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return bundle
+
+
+def test_packaged_zip_holds_the_package_and_nothing_else(tmp_path: Path) -> None:
+    if shutil.which("zip") is None:
+        pytest.skip("zip is not installed")
+    with zipfile.ZipFile(package_zip(tmp_path)) as archive:
+        names = sorted(archive.namelist())
+    assert names == sorted(f"llm_audit/{p.name}" for p in (ROOT / "lambda/llm_audit").glob("*.py"))
+    assert "llm_audit/ingest.py" in names and "llm_audit/__init__.py" in names
+
+
+def test_packaged_zip_imports_with_stdlib_and_boto3_only(tmp_path: Path) -> None:
+    """Import the handler from the zip alone (isolated mode: no site-packages of ours)."""
+    if shutil.which("zip") is None:
+        pytest.skip("zip is not installed")
+    bundle = package_zip(tmp_path)
     probe = f"""
 import json, sys
 sys.path.insert(0, {str(bundle)!r})
-import llm_audit_ingest
-assert llm_audit_ingest.__file__.startswith({str(bundle)!r}), llm_audit_ingest.__file__
+import llm_audit.ingest
+assert llm_audit.ingest.__file__.startswith({str(bundle)!r}), llm_audit.ingest.__file__
 allowed = {{"boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six",
-           "certifi"}}  # certifi: botocore imports it when present
+           "certifi", "llm_audit"}}  # certifi: botocore imports it when present
 foreign = sorted(
     name for name in {{m.split(".")[0] for m in sys.modules}}
-    if name not in sys.stdlib_module_names and name not in allowed
-    and not name.startswith(("llm_audit_", "_"))
+    if name not in sys.stdlib_module_names and name not in allowed and not name.startswith("_")
 )
-print(json.dumps({{"foreign": foreign, "answer": llm_audit_ingest.handler(
+print(json.dumps({{"foreign": foreign, "answer": llm_audit.ingest.handler(
     {{"Service": "Amazon S3", "Event": "s3:TestEvent"}}, None)}}))
 """
+    # boto3 comes from this interpreter's site-packages, as the runtime provides it;
+    # the project itself (installed editable) must not be importable.
+    site = str(Path(boto3.__file__).resolve().parents[1])
     done = subprocess.run(
-        [sys.executable, "-I", "-c", probe],
+        [sys.executable, "-S", "-c", f"import sys; sys.path.append({site!r})\n{probe}"],
         env={**AWS_TEST_ENV, "PATH": "/usr/bin:/bin"},
         cwd=tmp_path,
         capture_output=True,

@@ -49,7 +49,7 @@ def start_runner(stack: Stack, log_dir: Path, **env: str) -> Proc:
         env={
             **AWS_TEST_ENV,
             **stack.env(),
-            "PYTHONPATH": f"{ROOT / 'lambda'}:{ROOT}",
+            "PYTHONPATH": str(ROOT),
             **env,
         },
         cwd=ROOT,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from central_llm_ops.ingest_sqs import LocalContext
-from llm_audit_ingest import TIME_MARGIN_S, IngestFailed, handler
-from llm_audit_items import AuditSource, ItemRules, build_item
-from llm_audit_writer import Backoff, Deadline, DynamoWriter
+from llm_audit.ingest import TIME_MARGIN_S, IngestFailed, handler
+from llm_audit.items import AuditSource, ItemRules, build_item
+from llm_audit.writer import Backoff, Deadline, DynamoWriter
 from tests.ingest.aws_proxy import AwsProxy
 from tests.ingest.conftest import Stack
 from tests.ingest.support import load_event, log_lines, put_batch, record, table_items

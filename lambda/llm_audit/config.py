@@ -7,6 +7,8 @@
 | `MAX_PREVIEW_CHARS` | `2048` | previews are cut to this many characters |
 | `RETENTION_DAYS` | unset | when set, items get `expiresAt` (TTL, epoch seconds) |
 | `ARCHIVE_BUCKET` | unset | when set, every ingested object is copied there |
+| `MAX_OBJECT_BYTES` | 128 MiB | an object with more content (decompressed) fails |
+| `MAX_LINE_BYTES` | 8 MiB | a longer line is a bad line (JSON parsing takes up to ~30x) |
 | `AWS_REGION` | the SDK's | region of the clients |
 
 Invariant: a bad value raises `ConfigError` naming the variable, so a
@@ -19,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from llm_audit_items import ItemRules
+from llm_audit.items import ItemRules
+from llm_audit.objects import DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_OBJECT_BYTES, Limits
 
 
 class ConfigError(ValueError):
@@ -47,6 +50,8 @@ class Settings:
     retention_days: int | None = None
     archive_bucket: str | None = None
     region: str | None = None
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -58,8 +63,16 @@ class Settings:
             retention_days=_positive_int(env, "RETENTION_DAYS", None),
             archive_bucket=env.get("ARCHIVE_BUCKET", "").strip() or None,
             region=env.get("AWS_REGION", "").strip() or None,
+            max_object_bytes=_positive_int(env, "MAX_OBJECT_BYTES", cls.max_object_bytes)
+            or cls.max_object_bytes,
+            max_line_bytes=_positive_int(env, "MAX_LINE_BYTES", cls.max_line_bytes)
+            or cls.max_line_bytes,
         )
 
     @property
     def item_rules(self) -> ItemRules:
         return ItemRules(self.max_preview_chars, self.retention_days)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_object_bytes, self.max_line_bytes)

@@ -5,9 +5,14 @@ The writer is thin on purpose: it takes an injected low-level DynamoDB client
 
 Invariants:
 
-- Items are deduplicated by primary key before grouping (the last one wins), so
-  a group never holds two requests for one key, which DynamoDB refuses.
+- Items are consumed lazily, one group at a time, so an object's items are
+  never all in memory. A group never holds two requests for one key (which
+  DynamoDB refuses): a later item with the key of one already in the group
+  replaces it. Groups are written in order, each retried before the next one
+  starts, so across groups too the later record wins.
 - A group holds at most 25 put requests (the BatchWriteItem limit).
+- Each item is serialised once, when it joins a group; an item the serializer
+  refuses fails alone (`FailedItem`), it never stops the stream.
 - `UnprocessedItems` and throttling/transient errors are retried with
   exponential backoff (capped, jittered) while the `Deadline` allows another
   attempt; what is still unwritten then is reported as failed, never dropped
@@ -96,12 +101,12 @@ def item_key(item: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(item.get(name) for name in KEY_ATTRIBUTES)
 
 
-def unique_by_key(items: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Items with distinct primary keys, the last occurrence winning, first-seen order kept."""
-    by_key: dict[tuple[Any, ...], Mapping[str, Any]] = {}
-    for item in items:
-        by_key[item_key(item)] = item
-    return list(by_key.values())
+@dataclass(frozen=True)
+class _Put:
+    """An item and its wire form (DynamoDB's typed JSON)."""
+
+    item: Mapping[str, Any]
+    wire: dict[str, Any]
 
 
 def _classify(exc: Exception) -> Literal["retry", "split", "fail"]:
@@ -140,20 +145,32 @@ class DynamoWriter:
         self._serialise = TypeSerializer().serialize
 
     def write(self, items: Iterable[Mapping[str, Any]], deadline: Deadline) -> WriteOutcome:
+        """Write every item (consumed lazily, 25 at a time); see the module docstring."""
         outcome = WriteOutcome()
-        unique = unique_by_key(items)
-        for start in range(0, len(unique), GROUP_SIZE):
-            self._write_group(unique[start : start + GROUP_SIZE], deadline, outcome)
+        group: dict[tuple[Any, ...], _Put] = {}
+        for item in items:
+            put = self._put(item, outcome)
+            if put is None:
+                continue
+            key = item_key(item)
+            if key not in group and len(group) == GROUP_SIZE:
+                self._write_group(list(group.values()), deadline, outcome)
+                group = {}
+            group[key] = put
+        if group:
+            self._write_group(list(group.values()), deadline, outcome)
         return outcome
 
-    def _request(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return [
-            {"PutRequest": {"Item": {k: self._serialise(v) for k, v in item.items()}}}
-            for item in items
-        ]
+    def _put(self, item: Mapping[str, Any], outcome: WriteOutcome) -> _Put | None:
+        try:
+            wire = {name: self._serialise(value) for name, value in item.items()}
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            outcome.failed.append(FailedItem(item, f"not serialisable: {type(exc).__name__}"))
+            return None
+        return _Put(item, wire)
 
     def _write_group(
-        self, group: Sequence[Mapping[str, Any]], deadline: Deadline, outcome: WriteOutcome
+        self, group: Sequence[_Put], deadline: Deadline, outcome: WriteOutcome
     ) -> None:
         pending = list(group)
         last_problem = "UnprocessedItems"
@@ -164,7 +181,7 @@ class DynamoWriter:
             try:
                 outcome.calls += 1
                 answer = self._client.batch_write_item(
-                    RequestItems={self._table: self._request(pending)}
+                    RequestItems={self._table: [{"PutRequest": {"Item": p.wire}} for p in pending]}
                 )
             except (ClientError, BotoCoreError) as exc:
                 action = _classify(exc)
@@ -172,20 +189,20 @@ class DynamoWriter:
                     last_problem = _reason(exc)
                     continue
                 if action == "split" and len(pending) > 1:
-                    for item in pending:
-                        self._write_group([item], deadline, outcome)
+                    for put in pending:
+                        self._write_group([put], deadline, outcome)
                 else:
-                    outcome.failed.extend(FailedItem(item, _reason(exc)) for item in pending)
+                    outcome.failed.extend(FailedItem(p.item, _reason(exc)) for p in pending)
                 return
             left = _unprocessed_keys(answer, self._table)
             outcome.written += len(pending) - len(left)
-            pending = [item for item in pending if item_key(item) in left]
+            pending = [p for p in pending if item_key(p.item) in left]
             if not pending:
                 return
             last_problem = "UnprocessedItems"
         else:
             last_problem += f", {self._max_attempts} attempts"
-        outcome.failed.extend(FailedItem(item, last_problem) for item in pending)
+        outcome.failed.extend(FailedItem(p.item, last_problem) for p in pending)
 
     def _pause(self, attempt: int, deadline: Deadline, outcome: WriteOutcome) -> bool:
         """Sleep before a retry; False when the budget cannot fit the pause and a call."""

@@ -1,7 +1,9 @@
 """Read audit objects from S3 and copy them to the raw archive: the ingestion's S3 seam.
 
-Invariants: an object is read whole (batch objects are a few MB at most) and,
-when the event names a version, exactly that version. The archive copy keeps
+Invariants: an object is streamed in chunks of `CHUNK_BYTES` (never read whole:
+its size is only known, and capped, once decompressed) and, when the event
+names a version, exactly that version; the response stream is closed however
+the reading ends, early included. The archive copy keeps
 the key, is made server-side (CopyObject) and always carries the canned ACL
 `bucket-owner-full-control`, which the archive bucket's policy requires.
 Copying again overwrites with the same bytes, so it is idempotent. botocore's
@@ -10,13 +12,16 @@ errors are mapped here, to `ObjectUnavailable`, and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import closing
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from llm_audit_events import ObjectRef
+from llm_audit.events import ObjectRef
 
 ARCHIVE_ACL = "bucket-owner-full-control"
+CHUNK_BYTES = 1 << 20
 
 
 class ObjectUnavailable(RuntimeError):
@@ -42,19 +47,15 @@ class S3Objects:
         self._client = client
         self._archive_bucket = archive_bucket
 
-    @property
-    def archives(self) -> bool:
-        return self._archive_bucket is not None
-
-    def read(self, ref: ObjectRef) -> bytes:
-        """The object's bytes; raises ObjectUnavailable."""
+    def chunks(self, ref: ObjectRef) -> Iterator[bytes]:
+        """The object's bytes, chunk by chunk; raises ObjectUnavailable (also mid-stream)."""
         version = {"VersionId": ref.version_id} if ref.version_id else {}
         try:
             answer = self._client.get_object(Bucket=ref.bucket, Key=ref.key, **version)
-            body: bytes = answer["Body"].read()
+            with closing(answer["Body"]) as body:
+                yield from body.iter_chunks(CHUNK_BYTES)
         except (ClientError, BotoCoreError) as exc:
             raise ObjectUnavailable(f"read failed: {_code(exc)}") from exc
-        return body
 
     def archive(self, ref: ObjectRef) -> None:
         """Copy the object to the archive bucket under the same key (no-op without one)."""

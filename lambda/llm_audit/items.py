@@ -16,7 +16,19 @@ Invariants (DESIGN.md, wire contract 3):
   to `MAX_LABEL_CHARS` so they always fit a DynamoDB key.
 - Previews are cut at `max_preview_chars` code points; lone surrogates (valid
   JSON, invalid UTF-8) are replaced so the item can always be encoded.
-- Numbers are `int` or `Decimal`, never `float` (boto3 refuses floats).
+- Numbers always fit DynamoDB's Number type (38 significant digits, magnitude
+  1E-130 to 9.99…E+125), by one rule (`fit_number`): rounded half-even to 38
+  digits; a magnitude below 1E-130 becomes 0; beyond the maximum (±Infinity
+  included) it is clamped to ±9.9999999999999999999999999999999999999E+125, so
+  the item stays in the index keyed on it; NaN is left out. When the stored
+  value differs from the record's, `<name>AsRecorded` holds the record's number
+  as text (at most `MAX_RECORDED_NUMBER_CHARS`). Ints and Decimals only, never
+  `float` (boto3 refuses floats). A non-number where a number belongs is left out.
+- Timestamps outside what `datetime` holds in UTC (years 1–9999) make the record
+  invalid; a TTL beyond year 9999 is left out (the item is then kept).
+- Edge attribution (`apiKeyId`, `edgeRequestId`, set by API Gateway from its
+  own context) is copied when the record has it, as a label; nothing else of
+  the record's headers or identity is, and never a key's value.
 
 Nothing here does I/O; `InvalidRecord` is the only exception raised on purpose.
 """
@@ -28,7 +40,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 
 UNKNOWN = "unknown"
@@ -36,7 +48,15 @@ MAX_LABEL_CHARS = 256
 PLACEHOLDER_WORDS = frozenset({"", "-", "null", "undefined", "none", "nil", "n/a"})
 TEMPLATE_RE = re.compile(r"^(\$\{.*\}|<.*>|\{\{.*\}\})$", re.DOTALL)
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+MAX_RECORDED_NUMBER_CHARS = 64
+DYNAMO_MAX = Decimal("9.9999999999999999999999999999999999999E+125")
+DYNAMO_MIN = Decimal("1E-130")
+# boto3's own DynamoDB context (38 digits, exponents -128..126) without its traps:
+# what it rounds here is exactly what its serializer then accepts.
+DYNAMO_ROUNDING = Context(prec=38, rounding=ROUND_HALF_EVEN, Emin=-128, Emax=126, traps=[])
+NUMBER_FIELDS = ("statusCode", "latencyMs", "ttftMs")
+USAGE_FIELDS = ("promptTokens", "completionTokens", "totalTokens")
+EDGE_FIELDS = ("apiKeyId", "edgeRequestId")
 
 
 class InvalidRecord(ValueError):
@@ -94,11 +114,15 @@ def parse_timestamp(value: object) -> datetime:
         raise InvalidRecord("timestamp is not ISO-8601") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        raise InvalidRecord("timestamp is out of range in UTC (years 1-9999)") from None
 
 
 def canonical_timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+    """`YYYY-MM-DDTHH:MM:SS.ffffffZ`, four-digit years included (strftime's %Y is not)."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def request_id_of(record: Mapping[str, Any]) -> str:
@@ -114,16 +138,55 @@ def item_keys(project_id: str, timestamp: str, request_id: str) -> dict[str, str
 
 
 def as_number(value: object) -> int | Decimal | None:
-    """A finite int or Decimal, or None for anything else (bools, strings, NaN)."""
+    """A JSON number as an int or Decimal (NaN and infinities included); None for non-numbers."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
+    if isinstance(value, int | Decimal):
         return value
     if isinstance(value, float):
-        value = Decimal(repr(value))
-    if isinstance(value, Decimal) and value.is_finite():
-        return value
+        return Decimal(repr(value)) if value == value else Decimal("NaN")
     return None
+
+
+def fit_number(value: int | Decimal) -> int | Decimal | None:
+    """The value DynamoDB stores for a number (see the module docstring); None for NaN."""
+    if isinstance(value, int):
+        if -(10**38) < value < 10**38:
+            return value
+        value = Decimal(value)
+    if value.is_nan():
+        return None
+    fitted = DYNAMO_ROUNDING.plus(value) if value.is_finite() else value
+    if fitted.is_zero() or abs(fitted) < DYNAMO_MIN:
+        return 0
+    if abs(fitted) > DYNAMO_MAX:
+        return DYNAMO_MAX.copy_sign(fitted)
+    return fitted
+
+
+def number_attributes(name: str, value: object) -> dict[str, Any]:
+    """`{name: stored}` for a JSON number, plus `{name}AsRecorded` when they differ."""
+    number = as_number(value)
+    if number is None:
+        return {}
+    stored = fit_number(number)
+    attributes: dict[str, Any] = {} if stored is None else {name: stored}
+    if stored is None or stored != number:
+        attributes[f"{name}AsRecorded"] = _number_text(number)
+    return attributes
+
+
+def _number_text(number: int | Decimal) -> str:
+    text = str(number) if isinstance(number, Decimal) else str(Decimal(number))
+    if len(text) <= MAX_RECORDED_NUMBER_CHARS:
+        return text
+    return f"{text[: MAX_RECORDED_NUMBER_CHARS - 12]}…({len(text)} ch)"
+
+
+def edge_attributes(record: Mapping[str, Any]) -> dict[str, str]:
+    """`apiKeyId` / `edgeRequestId` when the record carries them (never a key's value)."""
+    found = {name: normalise_label(record.get(name)) for name in EDGE_FIELDS}
+    return {name: value for name, value in found.items() if value != UNKNOWN}
 
 
 def _text_of_content(content: object) -> str | None:
@@ -200,7 +263,10 @@ def expires_at(moment: datetime, retention_days: int | None) -> int | None:
     """TTL in epoch seconds, counted from the request's own time (so it is deterministic)."""
     if retention_days is None:
         return None
-    return int((moment + timedelta(days=retention_days)).timestamp())
+    try:
+        return int((moment + timedelta(days=retention_days)).timestamp())
+    except OverflowError:  # past year 9999: no TTL, the item is kept
+        return None
 
 
 def build_item(record: Mapping[str, Any], source: AuditSource, rules: ItemRules) -> dict[str, Any]:
@@ -225,12 +291,7 @@ def build_item(record: Mapping[str, Any], source: AuditSource, rules: ItemRules)
         "requestType": normalise_label(record.get("requestType")),
         "model": normalise_label(record.get("model")),
         "outcome": normalise_label(record.get("outcome")),
-        "statusCode": as_number(record.get("statusCode")),
-        "latencyMs": as_number(record.get("latencyMs")),
-        "ttftMs": as_number(record.get("ttftMs")),
-        "promptTokens": as_number(usage.get("promptTokens")),
-        "completionTokens": as_number(usage.get("completionTokens")),
-        "totalTokens": as_number(usage.get("totalTokens")),
+        **edge_attributes(record),
         "promptPreview": None if prompt is None else cut(prompt, rules.max_preview_chars),
         "responsePreview": None if answer is None else cut(answer, rules.max_preview_chars),
         "auditBucket": source.bucket,
@@ -238,4 +299,8 @@ def build_item(record: Mapping[str, Any], source: AuditSource, rules: ItemRules)
         "auditLine": source.line,
         "expiresAt": expires_at(moment, rules.retention_days),
     }
+    for name in NUMBER_FIELDS:
+        attributes.update(number_attributes(name, record.get(name)))
+    for name in USAGE_FIELDS:
+        attributes.update(number_attributes(name, usage.get(name)))
     return {name: value for name, value in attributes.items() if value is not None}

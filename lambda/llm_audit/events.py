@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-from llm_audit_objects import is_audit_key
+from llm_audit.objects import is_audit_key
 
 
 class UnknownEvent(ValueError):
