@@ -26,7 +26,7 @@ from .config import Config
 from .health import AuditHealth
 from .metrics import AuditSnapshot
 from .proxy import Finished
-from .record import encode_record
+from .record import encode_record, salvage
 from .s3_sink import S3ObjectSink
 from .shipper import Shipper
 from .spool import Spool, SpoolError, SpoolFull
@@ -112,9 +112,22 @@ class AuditTrail:
         return None
 
     def accept(self, done: Finished) -> None:
-        """Append the exchange's record to the spool; never raises."""
+        """Append the exchange's record to the spool; never raises.
+
+        One record per request is enforced here: a record that cannot be
+        encoded is replaced by a minimal one (record.salvage), never skipped.
+        """
         try:
-            self._spool.append(encode_record(done.record), done.started_at)
+            line = encode_record(done.record)
+        except Exception as exc:
+            log.error(
+                "audit record could not be encoded; a minimal record is written instead",
+                extra={"requestId": str(done.record.get("requestId")), "error": type(exc).__name__},
+            )
+            minimal = salvage(done.record, f"encoding failed: {type(exc).__name__}")
+            line = encode_record(minimal)
+        try:
+            self._spool.append(line, done.started_at)
         except SpoolFull as exc:
             self._drop(done, f"spool full: {exc}")  # says why: the spool's limit or ENOSPC
             return

@@ -58,14 +58,12 @@ from .headers import (
 )
 from .json_body import TopLevel, record_json, set_member
 from .record import (
-    SCHEMA_VERSION,
     BodyFacts,
     Identity,
-    attribution,
     body_view,
     build_record,
     inflates_beyond,
-    iso_utc,
+    minimal_record,
     usage_view,
 )
 from .routing import path_allowed, usage_options_to_send, will_stream
@@ -224,7 +222,7 @@ class Exchange:
             request_bytes=len(body),
             request_sha256=hashlib.sha256(body).hexdigest(),
             response_bytes=getattr(self.capture, "size", None),
-            sidecar=identity,
+            sidecar=identity.as_dict(),
         )
         latency = self.clock() - self.started
         return Finished(
@@ -237,38 +235,6 @@ class Exchange:
             None,
             None,
         )
-
-
-def minimal_record(
-    *,
-    request_id: str,
-    started_at: float,
-    method: str,
-    path: str,
-    identity_headers: dict[str, str],
-    status: int,
-    failure: str,
-    request_bytes: int,
-    request_sha256: str,
-    response_bytes: int | None,
-    sidecar: Identity,
-) -> dict[str, Any]:
-    """A record built from plain scalars only, so it can always be built and encoded. Pure."""
-    return {
-        "schemaVersion": SCHEMA_VERSION,
-        "requestId": request_id,
-        "timestamp": iso_utc(started_at),
-        "method": method,
-        "path": path,
-        **attribution(identity_headers),
-        "statusCode": status,
-        "outcome": errors.SIDECAR_ERROR,
-        "error": {"type": "record_failed", "message": failure},
-        "request": {"bytes": request_bytes, "sha256": request_sha256},
-        "response": {"bytes": response_bytes},
-        "sidecar": sidecar.as_dict(),
-        "minimal": True,
-    }
 
 
 def _text(members: dict[str, Any] | None, name: str) -> str | None:

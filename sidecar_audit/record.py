@@ -333,3 +333,87 @@ def build_record(
 def encode_record(record: dict[str, Any]) -> bytes:
     """One line of UTF-8 JSON, no trailing newline."""
     return orjson.dumps(record)
+
+
+def minimal_record(
+    *,
+    request_id: str,
+    started_at: float,
+    method: str,
+    path: str,
+    identity_headers: Mapping[str, str],
+    status: int,
+    failure: str,
+    request_bytes: int | None,
+    request_sha256: str | None,
+    response_bytes: int | None,
+    sidecar: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The record written when the full one cannot be built or encoded. Pure and total.
+
+    Plain scalars only, every string made encodable, so it can always be
+    built and encoded: nothing is served unrecorded.
+    """
+    return {
+        "schemaVersion": SCHEMA_VERSION,
+        "requestId": _safe(request_id),
+        "timestamp": iso_utc(started_at),
+        "method": _safe(method),
+        "path": _safe(path),
+        **{k: _safe(v) for k, v in attribution(identity_headers).items()},
+        "statusCode": status,
+        "outcome": "sidecar_error",
+        "error": {"type": "record_failed", "message": _safe(failure)[:500]},
+        "request": {"bytes": request_bytes, "sha256": request_sha256},
+        "response": {"bytes": response_bytes},
+        "sidecar": {
+            _safe(str(k)): _safe(v) if isinstance(v, str) else v
+            for k, v in sidecar.items()
+            if v is None or isinstance(v, str) or (isinstance(v, int) and -(2**63) <= v < 2**64)
+        },
+        "minimal": True,
+    }
+
+
+def salvage(record: Mapping[str, Any], failure: str) -> dict[str, Any]:
+    """A minimal record from whatever a full record that failed to encode still holds."""
+
+    def scalar(value: Any, kind: type, default: Any) -> Any:
+        return value if isinstance(value, kind) and not isinstance(value, bool) else default
+
+    request = record.get("request") if isinstance(record.get("request"), Mapping) else {}
+    response = record.get("response") if isinstance(record.get("response"), Mapping) else {}
+    identity = {
+        header: scalar(record.get(field), str, "")
+        for header, field in (
+            ("x-llm-source", "source"),
+            ("x-llm-user", "userId"),
+            ("x-llm-request-type", "requestType"),
+            ("x-llm-project", "projectId"),
+        )
+    }
+    return minimal_record(
+        request_id=scalar(record.get("requestId"), str, "unknown"),
+        started_at=_epoch(record.get("timestamp")),
+        method=scalar(record.get("method"), str, ""),
+        path=scalar(record.get("path"), str, ""),
+        identity_headers=identity,
+        status=scalar(record.get("statusCode"), int, 0),
+        failure=failure,
+        request_bytes=scalar(request.get("bytes"), int, None),
+        request_sha256=scalar(request.get("sha256"), str, None),
+        response_bytes=scalar(response.get("bytes"), int, None),
+        sidecar=record.get("sidecar") if isinstance(record.get("sidecar"), Mapping) else {},
+    )
+
+
+def _safe(text: str) -> str:
+    """Text orjson can always encode (lone surrogates replaced)."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _epoch(timestamp: Any) -> float:
+    try:
+        return datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    except (TypeError, ValueError):
+        return datetime.now(UTC).timestamp()
