@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from central_llm_ops import audit_queries as q
+from central_llm_ops import query_plans as q
 from central_llm_ops.audit_format import detail, json_line, plain, table, write_lines
 from central_llm_ops.audit_timerange import TimeRange
 from llm_audit.objects import UnreadableObject, record_at

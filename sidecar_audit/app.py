@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -92,7 +92,7 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
         await trail.close(config.shutdown_ship)
 
 
-def _fatal(app: web.Application):  # type: ignore[no-untyped-def]
+def _fatal(app: web.Application) -> Callable[[str], None]:
     def stop(reason: str) -> None:
         log.critical(
             "audit spool failed; stopping so the next process recovers from disk",

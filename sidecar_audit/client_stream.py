@@ -44,16 +44,16 @@ class ClientStream:
     __slots__ = ("_chunked", "_protocol", "_response", "_state", "_transport", "_writer")
 
     def __init__(self, response: web.StreamResponse, writer: AbstractStreamWriter) -> None:
-        transport = writer.transport  # type: ignore[attr-defined]
+        transport = writer.transport
         if transport is None or transport.is_closing():
             raise ClientGone("the client closed the connection")
         self._response = response
         self._writer = writer
-        self._transport: asyncio.Transport = transport
+        self._transport: asyncio.WriteTransport = transport
         self._protocol = writer.protocol  # type: ignore[attr-defined]
         self._chunked = bool(writer.chunked)  # type: ignore[attr-defined]
         self._state = _State.OPEN
-        writer.send_headers()  # type: ignore[attr-defined]
+        writer.send_headers()
 
     @classmethod
     async def open(cls, response: web.StreamResponse, request: web.Request) -> ClientStream:

@@ -1,6 +1,7 @@
 """Logs as one JSON object per line on stdout.
 
-Fields: `ts` (UTC ISO-8601), `level`, `logger`, `msg`, plus whatever the call
+Fields: `ts` (UTC ISO-8601), `level`, `logger`, `event` (the same schema as the
+ingestion Lambda's logs), plus whatever the call
 passed in `extra=` (request id, path, status, ...). Callers never pass prompt
 text, answers or header values: the proxy logs ids, sizes and outcomes only.
 """
@@ -30,7 +31,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
-            "msg": record.getMessage(),
+            "event": record.getMessage(),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD:

@@ -94,7 +94,7 @@ class _AuditCollector:
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], value)
             yield counter
-        gauges = (
+        gauges: tuple[tuple[str, str, float], ...] = (
             ("llm_audit_spool_bytes", "Bytes in the spool, not yet shipped.", s.spool_bytes),
             ("llm_audit_spool_segments", "Spool segments on disk.", s.spool_segments),
             (
@@ -108,9 +108,9 @@ class _AuditCollector:
                 1 if s.spool_failed else 0,
             ),
         )
-        for name, doc, value in gauges:
+        for name, doc, level in gauges:
             gauge = GaugeMetricFamily(name, doc)
-            gauge.add_metric([], value)
+            gauge.add_metric([], level)
             yield gauge
 
 

@@ -184,6 +184,9 @@ class Exchange:
         )
         if self.usage_added:
             record["request"]["usageRequestedBySidecar"] = True
+        if isinstance(capture, StreamCapture) and capture.assembler.invalid_events:
+            # Events that were not JSON we could read: the answer may be incomplete.
+            record["response"]["invalidEvents"] = capture.assembler.invalid_events
         overhead = None if self.upstream_started is None else self.upstream_started - self.started
         return Finished(
             record=record,
@@ -325,12 +328,13 @@ class Proxy:
         try:
             conn = await self._upstream.request(request.method, request.raw_path, headers, body)
         except UpstreamError as exc:
-            err = errors.from_upstream_exception(exc)
-            if err.outcome == errors.REJECTED:
-                ex.headers_sent = None  # vLLM never received it
-            ex.facts.upstream = err if err.outcome != errors.REJECTED else None
-            ex.facts.rejected = err if err.outcome == errors.REJECTED else None
-            return self._reply(ex, err)
+            failure = errors.from_upstream_exception(exc)
+            if failure.outcome == errors.REJECTED:  # e.g. no free connection: vLLM never saw it
+                ex.headers_sent = None
+                ex.facts.rejected = failure
+            else:
+                ex.facts.upstream = failure
+            return self._reply(ex, failure)
         try:
             return await self._relay(request, ex, conn, strip_usage=ex.usage_added)
         finally:

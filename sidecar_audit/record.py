@@ -381,8 +381,8 @@ def salvage(record: Mapping[str, Any], failure: str) -> dict[str, Any]:
     def scalar(value: Any, kind: type, default: Any) -> Any:
         return value if isinstance(value, kind) and not isinstance(value, bool) else default
 
-    request = record.get("request") if isinstance(record.get("request"), Mapping) else {}
-    response = record.get("response") if isinstance(record.get("response"), Mapping) else {}
+    request: Mapping[str, Any] = _mapping(record.get("request"))
+    response: Mapping[str, Any] = _mapping(record.get("response"))
     identity = {
         header: scalar(record.get(field), str, "")
         for header, field in (
@@ -403,8 +403,12 @@ def salvage(record: Mapping[str, Any], failure: str) -> dict[str, Any]:
         request_bytes=scalar(request.get("bytes"), int, None),
         request_sha256=scalar(request.get("sha256"), str, None),
         response_bytes=scalar(response.get("bytes"), int, None),
-        sidecar=record.get("sidecar") if isinstance(record.get("sidecar"), Mapping) else {},
+        sidecar=_mapping(record.get("sidecar")),
     )
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _safe(text: str) -> str:

@@ -37,9 +37,9 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         if not (self._buf or self._has_data or self._pending_cr) and b"\r" not in chunk:
-            events = self._feed_simple(chunk)
-            if events is not None:
-                return events
+            simple = self._feed_simple(chunk)
+            if simple is not None:
+                return simple
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across chunks
         self._pending_cr = False
@@ -118,12 +118,6 @@ def _json(payload: bytes | None) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return obj if isinstance(obj, dict) else None
-
-
-def is_usage_only(payload: bytes) -> bool:
-    """True for a chunk that carries usage and no choices."""
-    obj = _json(payload)
-    return obj is not None and obj.get("choices") == [] and bool(obj.get("usage"))
 
 
 def _is_terminal(obj: dict[str, Any] | None) -> bool:

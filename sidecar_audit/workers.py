@@ -17,6 +17,7 @@ parent forks the workers before any event loop exists and only supervises:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -38,10 +39,13 @@ RESTART_DELAY_S = 1.0
 
 def run_worker(config: Config, *, reuse_port: bool) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (see __main__)."""
+    loop: asyncio.AbstractEventLoop | None = None
     try:
         import uvloop
+
+        loop = uvloop.new_event_loop()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        uvloop = None
+        pass
     app = build_app(config)
     web.run_app(
         app,
@@ -56,7 +60,7 @@ def run_worker(config: Config, *, reuse_port: bool) -> int:
         # Request bodies are forwarded exactly as the client encoded them (Content-Encoding
         # included); the record decodes its own copy, capped (record.py).
         auto_decompress=False,
-        loop=uvloop.new_event_loop() if uvloop else None,
+        loop=loop,
     )
     return app[EXIT_CODE][0]
 
@@ -91,9 +95,9 @@ class Supervisor:
                 break
             except InterruptedError:  # pragma: no cover - PEP 475 retries wait()
                 continue
-            index = self._children.pop(pid, None)
-            if index is None:
+            if pid not in self._children:
                 continue
+            index = self._children.pop(pid)
             code = os.waitstatus_to_exitcode(status)
             if self._stopping:
                 self._exit_code = max(self._exit_code, code if code >= 0 else 1)

@@ -109,7 +109,7 @@ def log_objects(lines: Iterable[str]) -> list[dict[str, Any]]:
 
 def logged(lines: Iterable[str], msg: str) -> list[dict[str, Any]]:
     """The log objects whose message is `msg`."""
-    return [o for o in log_objects(lines) if o.get("msg") == msg]
+    return [o for o in log_objects(lines) if o.get("event") == msg]
 
 
 def dropped_ids(lines: Iterable[str]) -> list[str]:
@@ -117,5 +117,5 @@ def dropped_ids(lines: Iterable[str]) -> list[str]:
     return [
         o["requestId"]
         for o in log_objects(lines)
-        if str(o.get("msg", "")).startswith("audit record dropped")
+        if str(o.get("event", "")).startswith("audit record dropped")
     ]

@@ -299,8 +299,8 @@ async def test_every_log_line_is_json_with_request_ids_and_no_prompts_answers_or
     raw = sidecar.all_log_lines()
     lines = log_objects(raw)
     for line in lines:
-        assert {"ts", "level", "logger", "msg"} <= line.keys(), line
-    request_lines = [line for line in lines if line["msg"] == "request"]
+        assert {"ts", "level", "logger", "event"} <= line.keys(), line
+    request_lines = [line for line in lines if line["event"] == "request"]
     assert sorted(line["requestId"] for line in request_lines) == sorted(sent)
     text = "\n".join(raw)
     assert canary not in text, "a prompt or a secret header value reached the logs"
@@ -308,7 +308,7 @@ async def test_every_log_line_is_json_with_request_ids_and_no_prompts_answers_or
         assert answer not in text, "an answer reached the logs"
     emf = [line for line in lines if "_aws" in line]
     assert emf and emf[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "CentralLLM/Audit"
-    assert any(line["msg"] == "audit upload failed; will retry" for line in lines)
+    assert any(line["event"] == "audit upload failed; will retry" for line in lines)
 
 
 def _stream_text(body: bytes) -> str:

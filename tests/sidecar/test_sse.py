@@ -11,7 +11,6 @@ from sidecar_audit.sse import (
     FingerprintMemo,
     SSEDecoder,
     UsageChunkFilter,
-    is_usage_only,
     terminal_detector,
 )
 
@@ -82,6 +81,15 @@ def filtered(raw: bytes, cuts: list[int], memo: FingerprintMemo | None = None) -
         start = cut
     out.append(usage_filter.flush())
     return b"".join(out)
+
+
+def is_usage_only(payload: bytes) -> bool:
+    """The test's own oracle: a chunk that carries usage and no choices."""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("choices") == [] and bool(obj.get("usage"))
 
 
 def without_usage_event(raw: bytes) -> bytes:
