@@ -113,22 +113,28 @@ def ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> tuple[str, 
     return url, arn["QueueArn"]
 
 
-def _queue_policy(queue_arn: str, bucket: str) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Sid": "AuditBucketNotifications",
-                    "Effect": "Allow",
-                    "Principal": {"Service": "s3.amazonaws.com"},
-                    "Action": "sqs:SendMessage",
-                    "Resource": queue_arn,
-                    "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
-                }
-            ],
-        }
-    )
+def queue_policy(queue_arn: Any, bucket_arn: Any, account: Any | None = None) -> dict[str, Any]:
+    """The ingest queue's policy: the audit bucket may send its notifications. Pure.
+
+    The one definition, for the local stack (plain ARNs) and the CloudFormation
+    template (ecs/stackgen/ingest.py passes intrinsic functions as the values).
+    """
+    condition: dict[str, Any] = {"ArnLike": {"aws:SourceArn": bucket_arn}}
+    if account is not None:
+        condition["StringEquals"] = {"aws:SourceAccount": account}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AuditBucketNotifications",
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": condition,
+            }
+        ],
+    }
 
 
 def ensure_notification(s3: Any, bucket: str, queue_arn: str, prefix: str) -> None:
@@ -178,7 +184,8 @@ def ensure_audit_resources(
         {"RedrivePolicy": json.dumps(redrive), "VisibilityTimeout": str(visibility_timeout_s)},
     )
     clients.sqs.set_queue_attributes(
-        QueueUrl=queue_url, Attributes={"Policy": _queue_policy(queue_arn, bucket)}
+        QueueUrl=queue_url,
+        Attributes={"Policy": json.dumps(queue_policy(queue_arn, f"arn:aws:s3:::{bucket}"))},
     )
     ensure_notification(clients.s3, bucket, queue_arn, prefix)
     return AuditResources(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from central_llm_ops.local_aws import queue_policy
 from ecs.stackgen.cfn import Json, get_att, ref, sub, substitute
 
 FUNCTION_TIMEOUT_S = 60
@@ -79,26 +80,11 @@ def _queues() -> dict[str, Json]:
             "Type": "AWS::SQS::QueuePolicy",
             "Properties": {
                 "Queues": [ref("IngestQueue")],
-                "PolicyDocument": {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "AuditBucketNotifications",
-                            "Effect": "Allow",
-                            "Principal": {"Service": "s3.amazonaws.com"},
-                            "Action": "sqs:SendMessage",
-                            "Resource": get_att("IngestQueue", "Arn"),
-                            "Condition": {
-                                "ArnLike": {
-                                    "aws:SourceArn": sub(
-                                        "arn:${AWS::Partition}:s3:::${AuditBucketName}"
-                                    )
-                                },
-                                "StringEquals": {"aws:SourceAccount": ref("AWS::AccountId")},
-                            },
-                        }
-                    ],
-                },
+                "PolicyDocument": queue_policy(
+                    get_att("IngestQueue", "Arn"),
+                    sub("arn:${AWS::Partition}:s3:::${AuditBucketName}"),
+                    ref("AWS::AccountId"),
+                ),
             },
         },
     }
