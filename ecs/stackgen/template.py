@@ -7,6 +7,7 @@ from typing import Any
 from ecs.stackgen.alarms import alarm_resources
 from ecs.stackgen.cfn import Json, get_att, placeholders, ref
 from ecs.stackgen.ingest import ingest_resources
+from ecs.stackgen.operators import operator_resources
 from ecs.stackgen.service import service_resources
 from ecs.stackgen.sources import Sources
 from ecs.stackgen.storage import storage_resources
@@ -138,6 +139,9 @@ def outputs() -> dict[str, Json]:
         "DlqUrl": out(ref("Dlq"), "Failed ingestions"),
         "IngestFunctionName": out(ref("IngestFunction"), "Ingestion Lambda"),
         "AlarmTopicArn": out(ref("AlarmTopic"), "Alarm notifications"),
+        "AuditReaderRoleArn": out(
+            get_att("AuditReaderRole", "Arn"), "Read-only role for central-llm-audit-query"
+        ),
         "ServiceLogGroupName": out(ref("ServiceLogGroupName"), "Container logs"),
     }
 
@@ -148,6 +152,7 @@ def render_template(sources: Sources) -> dict[str, Any]:
         **ingest_resources(sources.table, sources.ingest_policy),
         **service_resources(sources.task_definition, sources.task_policy, sources.execution_policy),
         **alarm_resources(),
+        **operator_resources(sources.reader_policy),
     }
     template: dict[str, Any] = {
         "AWSTemplateFormatVersion": "2010-09-09",
