@@ -23,7 +23,6 @@ Options:
   --package-lambda        zip lambda/llm_audit_*.py, upload it (content-addressed)
                           and point the function at it
   --vpc-id ID             VpcId (first deploy)
-  --vpc-cidr CIDR         VpcCidr (first deploy)
   --subnets ID,ID         SubnetIds, private subnets (first deploy)
   --desired-count N       DesiredCount (0 until images exist)
   --vllm-tag TAG          VllmImageTag (immutable image tag)
@@ -33,7 +32,7 @@ Options:
   -h, --help              this help
 
 Examples:
-  scripts/deploy-stack.sh --package-lambda --vpc-id vpc-0abc --vpc-cidr 10.0.0.0/16 \
+  scripts/deploy-stack.sh --package-lambda --vpc-id vpc-0abc \
       --subnets subnet-1,subnet-2 --desired-count 0          # first deploy
   scripts/deploy-stack.sh --vllm-tag git-1a2b3c4d5e6f --sidecar-tag git-1a2b3c4d5e6f
 USAGE
@@ -55,7 +54,6 @@ while [[ $# -gt 0 ]]; do
         --artifacts-bucket) artifacts_bucket="$2"; shift 2 ;;
         --package-lambda) package_lambda=true; shift ;;
         --vpc-id) overrides+=("VpcId=$2"); shift 2 ;;
-        --vpc-cidr) overrides+=("VpcCidr=$2"); shift 2 ;;
         --subnets) overrides+=("SubnetIds=$2"); shift 2 ;;
         --desired-count) overrides+=("DesiredCount=$2"); shift 2 ;;
         --vllm-tag) overrides+=("VllmImageTag=$2"); shift 2 ;;

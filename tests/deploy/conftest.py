@@ -95,7 +95,6 @@ def deployed_stack(deploy_moto: str) -> DeployedStack:
     s3.put_object(Bucket="central-llm-artifacts", Key="lambda/ingest.zip", Body=lambda_zip())
     parameters = {
         "VpcId": vpc_id,
-        "VpcCidr": "10.42.0.0/16",
         "SubnetIds": ",".join(subnet_ids),
         "LambdaCodeBucket": "central-llm-artifacts",
         "LambdaCodeKey": "lambda/ingest.zip",
