@@ -49,6 +49,7 @@ from tests.deploy.iam_enforced import (
     stack_values,
     without_action,
 )
+from tests.deploy.log_patterns import matches, metric_value
 from tests.deploy.tools import ROOT, template
 from tests.faults.load import MODEL
 from tests.procs import Proc, free_port, python_module, wait_http
@@ -177,7 +178,30 @@ def _invoke(handler_env: dict[str, str], event: dict[str, Any]) -> dict[str, Any
     lines = result.stdout.strip().splitlines()
     assert lines, result.stderr
     outcome: dict[str, Any] = json.loads(lines[-1])
+    outcome["logLines"] = [json.loads(line) for line in lines[:-1] if line.startswith("{")]
     return outcome
+
+
+def _metric_filters() -> dict[str, dict[str, Any]]:
+    return {
+        name: body["Properties"]
+        for name, body in template()["Resources"].items()
+        if body["Type"] == "AWS::Logs::MetricFilter"
+    }
+
+
+def _filter_values(outcome: dict[str, Any]) -> dict[str, float]:
+    """Metric name -> value the stack's metric filters take from this invocation's log lines."""
+    values: dict[str, float] = {}
+    for props in _metric_filters().values():
+        (transformation,) = props["MetricTransformations"]
+        for line in outcome["logLines"]:
+            if matches(props["FilterPattern"], line):
+                name = transformation["MetricName"]
+                values[name] = values.get(name, 0.0) + metric_value(
+                    transformation["MetricValue"], line
+                )
+    return values
 
 
 def _child_env(settings: dict[str, str]) -> dict[str, str]:
@@ -320,6 +344,8 @@ def test_lambda_ingests_a_versioned_s3_event_and_archives(enforced: Enforced) ->
     assert "answer" in outcome, outcome
     ids = {item["requestId"]["S"] for item in _items(enforced.admin)}
     assert "iam-s3-event-0001" in ids
+    # The stack's metric filters read this invocation's real summary line.
+    assert _filter_values(outcome) == {"AuditItemsIngested": 1.0}
     archived = enforced.admin.client("s3").get_object(Bucket=ARCHIVE_BUCKET, Key=key)
     assert json.loads(archived["Body"].read())["requestId"] == "iam-s3-event-0001"
 
@@ -348,6 +374,7 @@ def test_lambda_ingests_the_sqs_messages_s3_sent(enforced: Enforced) -> None:
         message["Body"] = _with_version(message["Body"], version)
     outcome = _invoke(enforced.ingest.env(), sqs_event(wanted, enforced.queue_arn))
     assert outcome.get("answer") == {"batchItemFailures": []}, outcome
+    assert _filter_values(outcome) == {"AuditItemsIngested": float(len(wanted))}
     for message in wanted:
         sqs.delete_message(QueueUrl=enforced.queue_url, ReceiptHandle=message["ReceiptHandle"])
     ids = {item["requestId"]["S"] for item in _items(enforced.admin)}
@@ -369,6 +396,8 @@ def test_lambda_fails_without_each_permission_it_holds(enforced: Enforced, actio
     key, version, size = _put_record(enforced.admin, request_id)
     outcome = _invoke(principal.env(), _s3_event(key, version, size))
     assert outcome.get("raised") == "IngestFailed", outcome
+    # ... and the failure-metric filter (IngestFailuresAlarm) counts it.
+    assert _filter_values(outcome)["AuditIngestFailedUnits"] >= 1, outcome["logLines"]
 
 
 # --- the operators' read-only role ---------------------------------------------------

@@ -168,3 +168,48 @@ def test_edge_and_capacity_deploy_into_moto(deployed_stack: DeployedStack) -> No
         AutoScalingGroupNames=[deployed_stack.outputs["GpuAutoScalingGroupName"]]
     )["AutoScalingGroups"]
     assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (0, 2, 0)
+
+
+def _alarm(name: str) -> dict[str, Any]:
+    props = _properties(name)
+    assert props["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    return props
+
+
+def test_ingestion_failures_reach_an_alarm_through_a_metric_filter() -> None:
+    # batchItemFailures keep Lambda's Errors at 0; the summary line carries failedUnits
+    # (test_iam_enforced.py runs the handler and applies this filter to its real line).
+    props = _properties("IngestFailuresMetricFilter")
+    assert props["LogGroupName"] == {"Ref": "IngestLogGroup"}
+    assert "$.failedUnits > 0" in props["FilterPattern"]
+    (transformation,) = props["MetricTransformations"]
+    assert transformation["MetricName"] == "AuditIngestFailedUnits"
+    alarm = _alarm("IngestFailuresAlarm")
+    assert (alarm["MetricName"], alarm["Statistic"], alarm["Threshold"]) == (
+        "AuditIngestFailedUnits",
+        "Sum",
+        0,
+    )
+
+
+def test_shipping_stalled_treats_missing_data_as_breaching() -> None:
+    assert _alarm("AuditShippingStalledAlarm")["TreatMissingData"] == "breaching"
+
+
+def test_missing_audit_objects_alarm_compares_shipped_records_with_ingested_items() -> None:
+    alarm = _alarm("AuditObjectsMissingAlarm")
+    stats = {m["Id"]: m["MetricStat"] for m in alarm["Metrics"] if "MetricStat" in m}
+    assert stats["shipped"]["Metric"]["MetricName"] == "AuditRecordsShipped"
+    assert stats["ingested"]["Metric"]["MetricName"] == "AuditItemsIngested"
+    assert {s["Period"] for s in stats.values()} == {3600}
+    assert {s["Stat"] for s in stats.values()} == {"Sum"}
+    (expression,) = [m for m in alarm["Metrics"] if m.get("ReturnData")]
+    assert expression["Expression"] == "FILL(shipped, 0) - FILL(ingested, 0)"
+    assert alarm["EvaluationPeriods"] == 2
+    filters = resources("AWS::Logs::MetricFilter")
+    (items,) = [
+        f["Properties"]["MetricTransformations"][0]
+        for f in filters.values()
+        if f["Properties"]["MetricTransformations"][0]["MetricName"] == "AuditItemsIngested"
+    ]
+    assert items["MetricValue"] == "$.items"
