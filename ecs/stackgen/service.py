@@ -71,6 +71,20 @@ def _repository(name_parameter: str) -> Json:
     }
 
 
+def _pull_through_cache() -> Json:
+    """Docker Hub through ECR (authenticated, cached, scanned) for the builds' base images."""
+    return {
+        "Type": "AWS::ECR::PullThroughCacheRule",
+        "Condition": "HasDockerHubCredential",
+        "Properties": {
+            "EcrRepositoryPrefix": "docker-hub",
+            "UpstreamRegistry": "docker-hub",
+            "UpstreamRegistryUrl": "registry-1.docker.io",
+            "CredentialArn": ref("DockerHubCredentialArn"),
+        },
+    }
+
+
 def _ecs_tasks_trust() -> Json:
     return {
         "Version": "2012-10-17",
@@ -293,6 +307,7 @@ def service_resources(
     return {
         "VllmRepository": _repository("VllmRepositoryName"),
         "SidecarRepository": _repository("SidecarRepositoryName"),
+        "DockerHubPullThroughCache": _pull_through_cache(),
         "ServiceLogGroup": {
             "Type": "AWS::Logs::LogGroup",
             "DeletionPolicy": "Retain",

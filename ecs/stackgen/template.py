@@ -6,7 +6,7 @@ from typing import Any
 
 from ecs.stackgen.alarms import alarm_resources
 from ecs.stackgen.capacity import capacity_parameters, capacity_resources
-from ecs.stackgen.cfn import Json, get_att, placeholders, ref
+from ecs.stackgen.cfn import Json, get_att, placeholders, ref, sub
 from ecs.stackgen.edge import edge_conditions, edge_outputs, edge_parameters, edge_resources
 from ecs.stackgen.ingest import ingest_resources
 from ecs.stackgen.operators import operator_resources
@@ -105,6 +105,13 @@ def parameters(table_name: str) -> dict[str, Json]:
             "Default": "",
             "Description": "Email subscribed to alarms (optional)",
         },
+        "DockerHubCredentialArn": {
+            "Type": "String",
+            "Default": "",
+            "AllowedPattern": "^$|^arn:[a-z-]+:secretsmanager:.*:secret:ecr-pullthroughcache/.+$",
+            "Description": "Secret (ecr-pullthroughcache/...) with Docker Hub credentials: "
+            "base images through an ECR pull-through cache; empty: no cache rule",
+        },
         **capacity_parameters(),
         **edge_parameters(),
     }
@@ -115,6 +122,13 @@ def outputs() -> dict[str, Json]:
         return {"Value": value, "Description": description}
 
     return {
+        "BaseImageRegistry": {
+            "Condition": "HasDockerHubCredential",
+            **out(
+                sub("${AWS::AccountId}.dkr.ecr.${AWS::Region}.${AWS::URLSuffix}/docker-hub"),
+                "Docker Hub through ECR (scripts/build-push-deploy.sh --base-registry)",
+            ),
+        },
         "ClusterName": out(ref("Cluster"), "ECS cluster"),
         "ServiceName": out(get_att("Service", "Name"), "ECS service"),
         "TaskDefinitionArn": out(ref("TaskDefinition"), "Current task definition revision"),
@@ -168,6 +182,9 @@ def render_template(sources: Sources) -> dict[str, Any]:
         "Conditions": {
             "HasAlarmEmail": {"Fn::Not": [{"Fn::Equals": [ref("AlarmEmail"), ""]}]},
             "HasRetention": {"Fn::Not": [{"Fn::Equals": [ref("RetentionDays"), "0"]}]},
+            "HasDockerHubCredential": {
+                "Fn::Not": [{"Fn::Equals": [ref("DockerHubCredentialArn"), ""]}]
+            },
             **edge_conditions(),
         },
         "Resources": resources,

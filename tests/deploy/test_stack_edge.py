@@ -213,3 +213,16 @@ def test_missing_audit_objects_alarm_compares_shipped_records_with_ingested_item
         if f["Properties"]["MetricTransformations"][0]["MetricName"] == "AuditItemsIngested"
     ]
     assert items["MetricValue"] == "$.items"
+
+
+def test_base_images_can_come_through_an_ecr_pull_through_cache() -> None:
+    body = template()["Resources"]["DockerHubPullThroughCache"]
+    assert body["Condition"] == "HasDockerHubCredential"
+    props = body["Properties"]
+    assert (props["EcrRepositoryPrefix"], props["UpstreamRegistryUrl"]) == (
+        "docker-hub",
+        "registry-1.docker.io",
+    )
+    assert props["CredentialArn"] == {"Ref": "DockerHubCredentialArn"}
+    output = template()["Outputs"]["BaseImageRegistry"]
+    assert output["Value"]["Fn::Sub"].endswith("/docker-hub")
