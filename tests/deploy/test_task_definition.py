@@ -148,3 +148,23 @@ def test_vllm_launch_arguments_follow_the_environment() -> None:
     assert flag_value(args, "--served-model-name") == "m"
     assert flag_value(args, "--max-model-len") == "4096"
     assert args[-2:] == ["--dtype", "float32"]
+
+
+def test_tool_calling_is_on_with_the_mistral_parser_by_default() -> None:
+    args = vllm_launch_args()
+    assert "--enable-auto-tool-choice" in args
+    assert flag_value(args, "--tool-call-parser") == "mistral"
+    local = vllm_launch_args(TOOL_CALL_PARSER="hermes")
+    assert flag_value(local, "--tool-call-parser") == "hermes"
+
+
+def test_tool_calling_can_be_turned_off_and_refuses_other_values() -> None:
+    args = vllm_launch_args(ENABLE_TOOL_CALLING="false")
+    assert "--enable-auto-tool-choice" not in args and "--tool-call-parser" not in args
+    result = subprocess.run(
+        ["bash", str(ROOT / "vllm_engine" / "entrypoint.sh"), "--print"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "ENABLE_TOOL_CALLING": "yes"},
+    )
+    assert result.returncode == 2 and "ENABLE_TOOL_CALLING" in result.stderr
