@@ -226,3 +226,16 @@ def test_base_images_can_come_through_an_ecr_pull_through_cache() -> None:
     assert props["CredentialArn"] == {"Ref": "DockerHubCredentialArn"}
     output = template()["Outputs"]["BaseImageRegistry"]
     assert output["Value"]["Fn::Sub"].endswith("/docker-hub")
+
+
+def _ecs_config(text: str) -> list[str]:
+    return text.split("<<'ECSCONFIG'\n", 1)[1].split("ECSCONFIG\n", 1)[0].splitlines()
+
+
+def test_the_manual_host_gets_the_same_agent_settings_as_the_group() -> None:
+    from tests.deploy.tools import SCRIPTS
+
+    stack = template()["Resources"]["GpuLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    group = _ecs_config(stack["UserData"]["Fn::Base64"]["Fn::Sub"])
+    manual = _ecs_config((SCRIPTS / "launch-prod-ecr.sh").read_text())
+    assert [line.replace("${ClusterName}", "${cluster}") for line in group] == manual
