@@ -9,7 +9,12 @@ usage() {
 Usage: scripts/deploy-stack.sh [options]
 
 Deploys ecs/central-llm-stack.json with `aws cloudformation deploy` (a change
-set; waits until the stack, and so the ECS service, is stable). Parameters not
+set; waits until the stack, and so the ECS service, is stable). With tasks
+wanted, the GPU capacity provider starts a host for them (a few minutes), then
+vLLM loads the model; the wait is bounded by --wait-timeout, after which the
+script stops waiting, shows the service's latest events, its hosts and the
+GPU group, and exits 1 (CloudFormation carries on; the circuit breaker rolls
+a failing deployment back). Parameters not
 given keep their current value on an existing stack, so an image or Lambda
 update passes only what changes. The artifacts bucket holds the Lambda zips
 (and the template, should it outgrow CloudFormation's inline limit).
@@ -17,23 +22,23 @@ update passes only what changes. The artifacts bucket holds the Lambda zips
 Options:
   --stack NAME            stack name [$STACK_NAME or central-llm]
   --region REGION         AWS region [$AWS_REGION or eu-central-1]
-  --template PATH         template file [ecs/central-llm-stack.json]
+  --template PATH         template file [$STACK_TEMPLATE or ecs/central-llm-stack.json]
   --artifacts-bucket B    bucket for the template and the Lambda zip, created if
                           missing [$ARTIFACTS_BUCKET or central-llm-artifacts-<account>-<region>]
   --package-lambda        zip the package lambda/llm_audit/, upload it (content-addressed)
                           and point the function at it
   --vpc-id ID             VpcId (first deploy)
-  --vpc-cidr CIDR         VpcCidr (first deploy)
   --subnets ID,ID         SubnetIds, private subnets (first deploy)
   --desired-count N       DesiredCount (0 until images exist)
   --vllm-tag TAG          VllmImageTag (immutable image tag)
   --sidecar-tag TAG       SidecarImageTag (immutable image tag)
   --alarm-email ADDRESS   AlarmEmail
+  --wait-timeout SECONDS  stop waiting for the stack after this long [3600]
   --param KEY=VALUE       any other template parameter (repeatable)
   -h, --help              this help
 
 Examples:
-  scripts/deploy-stack.sh --package-lambda --vpc-id vpc-0abc --vpc-cidr 10.0.0.0/16 \
+  scripts/deploy-stack.sh --package-lambda --vpc-id vpc-0abc \
       --subnets subnet-1,subnet-2 --desired-count 0          # first deploy
   scripts/deploy-stack.sh --vllm-tag git-1a2b3c4d5e6f --sidecar-tag git-1a2b3c4d5e6f
 USAGE
@@ -42,9 +47,10 @@ USAGE
 root="$(repo_root)"
 stack="${STACK_NAME:-${DEFAULT_STACK}}"
 region="${AWS_REGION:-${AWS_DEFAULT_REGION:-${DEFAULT_REGION}}}"
-template="${root}/ecs/central-llm-stack.json"
+template="${STACK_TEMPLATE:-${root}/ecs/central-llm-stack.json}"
 artifacts_bucket="${ARTIFACTS_BUCKET:-}"
 package_lambda=false
+wait_timeout=3600
 overrides=()
 
 while [[ $# -gt 0 ]]; do
@@ -55,12 +61,12 @@ while [[ $# -gt 0 ]]; do
         --artifacts-bucket) artifacts_bucket="$2"; shift 2 ;;
         --package-lambda) package_lambda=true; shift ;;
         --vpc-id) overrides+=("VpcId=$2"); shift 2 ;;
-        --vpc-cidr) overrides+=("VpcCidr=$2"); shift 2 ;;
         --subnets) overrides+=("SubnetIds=$2"); shift 2 ;;
         --desired-count) overrides+=("DesiredCount=$2"); shift 2 ;;
         --vllm-tag) overrides+=("VllmImageTag=$2"); shift 2 ;;
         --sidecar-tag) overrides+=("SidecarImageTag=$2"); shift 2 ;;
         --alarm-email) overrides+=("AlarmEmail=$2"); shift 2 ;;
+        --wait-timeout) wait_timeout="$2"; shift 2 ;;
         --param)
             [[ "$2" == *=* ]] || die "--param needs KEY=VALUE, got '$2'"
             overrides+=("$2"); shift 2 ;;
@@ -125,7 +131,37 @@ if [[ ${#overrides[@]} -gt 0 ]]; then
 else
     log "deploying ${stack} in ${region} (parameters unchanged)"
 fi
-"${deploy[@]}"
+# What the service waits for: its latest events, the hosts in the cluster, the GPU group.
+explain_service() {
+    local cluster service group
+    cluster="$(stack_output "${stack}" ClusterName "${region}" 2>/dev/null)" || return 0
+    service="$(stack_output "${stack}" ServiceName "${region}" 2>/dev/null)" || return 0
+    log "latest events of service ${service}:"
+    aws ecs describe-services --region "${region}" --cluster "${cluster}" --services "${service}" \
+        --query 'services[0].events[:5].[createdAt,message]' --output text >&2 || true
+    log "container instances in ${cluster}: $(aws ecs list-container-instances --region "${region}" \
+        --cluster "${cluster}" --query 'length(containerInstanceArns)' --output text 2>/dev/null || echo '?')"
+    if group="$(stack_output "${stack}" GpuAutoScalingGroupName "${region}" 2>/dev/null)"; then
+        log "GPU group ${group} (desired, instances):"
+        aws autoscaling describe-auto-scaling-groups --region "${region}" \
+            --auto-scaling-group-names "${group}" \
+            --query 'AutoScalingGroups[0].[DesiredCapacity,length(Instances)]' --output text >&2 || true
+    fi
+}
+
+status=0
+if command -v timeout >/dev/null 2>&1; then
+    timeout "${wait_timeout}" "${deploy[@]}" || status=$?
+else
+    "${deploy[@]}" || status=$?
+fi
+if [[ ${status} -ne 0 ]]; then
+    explain_service
+    if [[ ${status} -eq 124 ]]; then
+        die "stopped waiting after ${wait_timeout}s; ${stack} is still updating in CloudFormation"
+    fi
+    die "deploying ${stack} failed (exit ${status})"
+fi
 
 aws cloudformation describe-stacks --region "${region}" --stack-name "${stack}" \
     --query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output text

@@ -8,6 +8,9 @@ usage() {
     cat <<'USAGE'
 Usage: scripts/launch-prod-ecr.sh --subnet SUBNET_ID [options]
 
+The manual path: the stack's GPU capacity provider starts hosts on its own;
+this starts one outside its Auto Scaling group, with the same agent settings.
+
 1. looks up the latest ECS-optimized GPU AMI (Amazon Linux 2023) in SSM;
 2. takes the cluster, instance profile and host security group from the stack
    (the task security group is separate, also from the stack);
@@ -91,6 +94,7 @@ cat >"${user_data}" <<USERDATA
 cat >>/etc/ecs/ecs.config <<'ECSCONFIG'
 ECS_CLUSTER=${cluster}
 ECS_ENABLE_GPU_SUPPORT=true
+ECS_AWSVPC_BLOCK_IMDS=true
 ECS_CONTAINER_STOP_TIMEOUT=2m
 ECS_IMAGE_PULL_BEHAVIOR=prefer-cached
 ECS_ENABLE_CONTAINER_METADATA=true

@@ -376,14 +376,14 @@ SETTINGS: tuple[Setting, ...] = (
         "health_max_spool_bytes",
         "805306368",
         _positive_int,
-        "`/health` fails when the spool holds more than this.",
+        "`/health` warns (body only, never the status) when the spool holds more than this.",
     ),
     Setting(
         "HEALTH_MAX_SHIP_LAG_S",
         "health_max_ship_lag",
         "300",
         _positive_float,
-        "`/health` fails when the oldest unshipped record is older than this.",
+        "`/health` warns (body only) when the oldest unshipped record is older than this.",
     ),
     Setting(
         "EMF_INTERVAL_S",

@@ -1,14 +1,17 @@
-"""The sidecar's own `/health`: vLLM's health (probed, cached briefly) and the audit path's.
+"""The sidecar's own `/health`: can this task serve audited traffic now? (and why not)
 
-The NLB's target group checks it, and ECS replaces a task its load balancer
-reports unhealthy, so it fails both when vLLM is not ready and when the audit
-trail is in trouble (spool failed or full, backlog above the threshold,
-shipping stalled): nothing unaudited should be served by a healthy-looking
-task. When every target fails (an S3 outage hits all tasks alike), an NLB
-routes to all of them anyway, so the service keeps answering while the spool
-holds the records. The container's own Docker health check only asks whether
-the process answers (see sidecar_audit/Dockerfile), so an audit problem never
-restarts vLLM with it. `verdict` is pure; `UpstreamProbe` does the I/O.
+The NLB's target group and ECS both act on the status: ECS replaces a task
+whose target fails, and replacing a GPU task reloads the model (minutes of
+downtime). So the status is 503 only for what a replacement would fix or what
+makes serving unaudited: vLLM not ready, the spool failed, the spool full.
+A backlog or a shipping lag (S3 slow or down) is the same for every task and
+a new task would not help; the spool holds the records until S3 is back. They
+are reported as `warnings` in the JSON body, in the metrics
+(`llm_audit_spool_bytes`, `llm_audit_oldest_unshipped_age_seconds`, the EMF
+metrics) and by the stack's alarms, never in the status code.
+
+The container's Docker health check only asks whether the process answers
+(see sidecar_audit/Dockerfile). `verdict` is pure; `UpstreamProbe` does the I/O.
 """
 
 from __future__ import annotations
@@ -34,14 +37,14 @@ class AuditHealth:
 
 @dataclass(frozen=True)
 class HealthLimits:
+    """Thresholds of the body's warnings; they never change the status."""
+
     max_spool_bytes: int
     max_ship_lag_s: float
 
 
-def verdict(
-    upstream_ok: bool, upstream_detail: str, audit: AuditHealth, limits: HealthLimits
-) -> tuple[int, dict[str, Any]]:
-    """HTTP status and JSON body of `/health`."""
+def _problems(upstream_ok: bool, upstream_detail: str, audit: AuditHealth) -> list[str]:
+    """What stops this task from serving audited traffic now (each one means 503)."""
     problems: list[str] = []
     if not upstream_ok:
         problems.append(f"vllm: {upstream_detail}")
@@ -49,17 +52,33 @@ def verdict(
         problems.append(f"audit spool failed: {audit.failed}")
     if audit.full:
         problems.append("audit spool full")
+    return problems
+
+
+def _warnings(audit: AuditHealth, limits: HealthLimits) -> list[str]:
+    """What an operator should look at, though the task serves and audits (status stays 200)."""
+    warnings: list[str] = []
     if audit.spool_bytes > limits.max_spool_bytes:
-        problems.append(f"audit backlog {audit.spool_bytes} bytes exceeds {limits.max_spool_bytes}")
+        warnings.append(f"audit backlog {audit.spool_bytes} bytes exceeds {limits.max_spool_bytes}")
     age = audit.oldest_unshipped_age_s
     if age is not None and age > limits.max_ship_lag_s:
-        problems.append(
-            f"audit shipping stalled: oldest unshipped record is {age:.0f} s old "
-            f"(limit {limits.max_ship_lag_s:.0f} s)"
+        warnings.append(
+            f"audit shipping lags: oldest unshipped record is {age:.0f} s old "
+            f"(warning above {limits.max_ship_lag_s:.0f} s)"
         )
+    return warnings
+
+
+def verdict(
+    upstream_ok: bool, upstream_detail: str, audit: AuditHealth, limits: HealthLimits
+) -> tuple[int, dict[str, Any]]:
+    """HTTP status and JSON body of `/health`."""
+    problems = _problems(upstream_ok, upstream_detail, audit)
+    age = audit.oldest_unshipped_age_s
     body = {
         "status": "ok" if not problems else "unhealthy",
         "problems": problems,
+        "warnings": _warnings(audit, limits),
         "vllm": {"ok": upstream_ok, "detail": upstream_detail},
         "audit": {
             "spoolBytes": audit.spool_bytes,

@@ -10,6 +10,10 @@
 #                                  sidecar sends, so one id names the request end to end
 #   --shutdown-timeout             on SIGTERM, in-flight requests get this long to finish
 #                                  (same window as the sidecar's SHUTDOWN_GRACE_S)
+#   --enable-auto-tool-choice      tool calling (`tools` / `tool_choice: auto` in requests),
+#   --tool-call-parser NAME        parsed by the model family's parser: `mistral` for the
+#                                  Mistral model (the default), `hermes` for Qwen (compose);
+#                                  names registered in the 0.33.0 wheel's vllm/tool_parsers/__init__.py
 # Every flag must exist in the pinned release: vllm-<version>-flags.txt beside this
 # file lists what that `vllm serve` accepts (tests/deploy/test_vllm_flags.py checks).
 # `exec` makes vLLM the container's main process, so SIGTERM reaches it.
@@ -31,6 +35,8 @@ Environment (defaults in brackets):
   VLLM_HOST              listen address [127.0.0.1]
   VLLM_PORT              listen port [8001]
   VLLM_SHUTDOWN_TIMEOUT  seconds in-flight requests may take after SIGTERM [90]
+  ENABLE_TOOL_CALLING    true or false: --enable-auto-tool-choice with TOOL_CALL_PARSER [true]
+  TOOL_CALL_PARSER       vLLM tool parser of the model family [mistral]
   VLLM_EXTRA_ARGS        extra arguments, appended as given
 
   --print   print the command instead of running it
@@ -66,6 +72,14 @@ args=(
     --shutdown-timeout "${VLLM_SHUTDOWN_TIMEOUT:-90}"
     --disable-uvicorn-access-log
 )
+tool_calling="${ENABLE_TOOL_CALLING:-true}"
+if [[ "${tool_calling}" != true && "${tool_calling}" != false ]]; then
+    printf 'error: ENABLE_TOOL_CALLING must be true or false, got %s\n' "${tool_calling}" >&2
+    exit 2
+fi
+if [[ "${tool_calling}" == true ]]; then
+    args+=(--enable-auto-tool-choice --tool-call-parser "${TOOL_CALL_PARSER:-mistral}")
+fi
 if [[ -n "${VLLM_EXTRA_ARGS:-}" ]]; then
     read -r -a extra <<<"${VLLM_EXTRA_ARGS}"
     args+=("${extra[@]}")

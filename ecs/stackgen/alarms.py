@@ -1,13 +1,23 @@
-"""CloudWatch alarms from the original stack, all notifying one SNS topic.
+"""CloudWatch alarms, all notifying one SNS topic, each one able to fire.
 
 - tasks running below desired (Container Insights, metric math desired - running)
-- ingestion Lambda errors
+- ingestion Lambda errors (the function itself failed: bad configuration, crash)
+- ingestion failures: the handler reports failed SQS messages as
+  `batchItemFailures` instead of raising, so Lambda's `Errors` stays 0; a
+  metric filter on its `ingest_summary` log line counts `failedUnits`
 - DLQ not empty (an audit object failed ingestion `maxReceiveCount` times)
 - ingestion queue backlog ageing (the Lambda is not keeping up or not running)
 - audit shipping stalled: the sidecar's EMF metric `AuditOldestUnshippedAgeSeconds`
-  above the sidecar's own health limit (`HEALTH_MAX_SHIP_LAG_S`, 300 s)
+  above `HEALTH_MAX_SHIP_LAG_S` (300 s, where `/health` starts warning); missing
+  data is breaching, since a sidecar that stopped reporting is not shipping
+  either (with DesiredCount 0 the alarm is in ALARM by design)
 - audit records dropped: `AuditRecordsDropped` is a per-process running total,
   so the alarm stays on until the sidecar that dropped records is replaced
+- audit objects missing: per hour, records the sidecars shipped
+  (`AuditRecordsShipped`, EMF, a per-interval count) against items the
+  ingestion wrote (`AuditItemsIngested`, metric filter); a record in flight at
+  an hour's edge makes one hour positive and the next negative, so two
+  positive hours in a row mean records that never became items
 """
 
 from __future__ import annotations
@@ -16,6 +26,68 @@ from ecs.stackgen.cfn import Json, get_att, ref
 
 AUDIT_NAMESPACE = "CentralLLM/Audit"
 SHIP_LAG_LIMIT_S = 300
+SUMMARY_EVENT = "ingest_summary"  # the handler's one JSON log line per invocation
+SUMMARY_PATTERN = f'{{ $.event = "{SUMMARY_EVENT}" }}'
+FAILURES_PATTERN = f'{{ $.event = "{SUMMARY_EVENT}" && $.failedUnits > 0 }}'
+
+
+def _metric_filter(pattern: str, name: str, value: str) -> Json:
+    return {
+        "Type": "AWS::Logs::MetricFilter",
+        "Properties": {
+            "LogGroupName": ref("IngestLogGroup"),
+            "FilterPattern": pattern,
+            "MetricTransformations": [
+                {
+                    "MetricNamespace": AUDIT_NAMESPACE,
+                    "MetricName": name,
+                    "MetricValue": value,
+                    "Unit": "Count",
+                }
+            ],
+        },
+    }
+
+
+def _missing_audit_objects() -> Json:
+    def hourly(metric_id: str, name: str, dimensions: list[Json]) -> Json:
+        return {
+            "Id": metric_id,
+            "ReturnData": False,
+            "MetricStat": {
+                "Metric": {
+                    "Namespace": AUDIT_NAMESPACE,
+                    "MetricName": name,
+                    "Dimensions": dimensions,
+                },
+                "Period": 3600,
+                "Stat": "Sum",
+            },
+        }
+
+    metrics = {
+        "Metrics": [
+            hourly(
+                "shipped",
+                "AuditRecordsShipped",
+                [{"Name": "ServiceName", "Value": ref("ServiceName")}],
+            ),
+            hourly("ingested", "AuditItemsIngested", []),
+            {
+                "Id": "missing",
+                "Expression": "FILL(shipped, 0) - FILL(ingested, 0)",
+                "Label": "records shipped but not ingested",
+                "ReturnData": True,
+            },
+        ]
+    }
+    return _alarm(
+        "Audit records shipped to S3 did not become DynamoDB items (two hours in a row)",
+        metrics,
+        threshold=0,
+        periods=2,
+        missing="notBreaching",
+    )
 
 
 def _alarm(description: str, metric: Json, *, threshold: float, periods: int, missing: str) -> Json:
@@ -107,6 +179,20 @@ def alarm_resources() -> dict[str, Json]:
             periods=1,
             missing="notBreaching",
         ),
+        "IngestFailuresMetricFilter": _metric_filter(
+            FAILURES_PATTERN, "AuditIngestFailedUnits", "$.failedUnits"
+        ),
+        "IngestedItemsMetricFilter": _metric_filter(
+            SUMMARY_PATTERN, "AuditItemsIngested", "$.items"
+        ),
+        "IngestFailuresAlarm": _alarm(
+            "Audit ingestion failed messages or objects (ingest_summary failedUnits)",
+            _metric(AUDIT_NAMESPACE, "AuditIngestFailedUnits", "Sum", 300),
+            threshold=0,
+            periods=1,
+            missing="notBreaching",
+        ),
+        "AuditObjectsMissingAlarm": _missing_audit_objects(),
         "DlqDepthAlarm": _alarm(
             "Audit objects failed ingestion and wait in the DLQ (central-llm-dlq-redrive)",
             _metric(
@@ -144,7 +230,7 @@ def alarm_resources() -> dict[str, Json]:
             ),
             threshold=SHIP_LAG_LIMIT_S,
             periods=3,
-            missing="notBreaching",
+            missing="breaching",
         ),
         "AuditRecordsDroppedAlarm": _alarm(
             "Audit records were dropped (spool full or failed under the drop policy)",

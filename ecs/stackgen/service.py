@@ -1,12 +1,20 @@
 """The ECS service: image repositories, roles, task definition, cluster, service and NLB.
 
 The task definition is `ecs/task-definition.json` converted to CloudFormation's
-spelling, nothing added. The GPU hosts are EC2 instances launched into the
-cluster by `scripts/launch-prod-ecr.sh` with the instance profile and security
-group defined here. The NLB is internal (API Gateway reaches it through a VPC
-link); its target group keeps the original health check (HTTP GET /health on
-port 8000 every 30 s, 5 s timeout, 3 tries) and drains a deregistered task for
-`DeregistrationDelaySeconds` so long streams can finish before ECS sends SIGTERM.
+spelling, nothing added. The GPU hosts come from the capacity provider
+(capacity.py); the service places its task through the provider's strategy.
+
+The NLB is internal, has its own security group and takes traffic only from
+API Gateway's VPC link (PrivateLink traffic; the group has no inbound rule,
+so nothing else in the VPC reaches it and the edge's checks cannot be
+bypassed). The task's group admits port 8000 only from the NLB's group. The
+TCP listener's idle timeout is the longest generation the edge allows, so a
+silent non-streamed generation is never cut. The target group keeps the
+original health check (HTTP GET /health on port 8000 every 30 s, 5 s timeout,
+3 tries). Drain: ECS deregisters a stopping task, waits the deregistration
+delay (open connections keep flowing), then sends SIGTERM and the sidecar lets
+streams finish for SHUTDOWN_GRACE_S; the delay is the longest generation less
+that grace, so a stream started just before the stop can finish.
 """
 
 from __future__ import annotations
@@ -15,11 +23,26 @@ import json
 from typing import Any
 
 from ecs.stackgen.cfn import Json, pascal_keys, ref, sub, substitute, tags
+from ecs.stackgen.edge import LONGEST_GENERATION_S
 
 SIDECAR_CONTAINER = "audit-sidecar"
 SIDECAR_PORT = 8000
-DEREGISTRATION_DELAY_S = 300
 HEALTH_CHECK_GRACE_S = 900
+
+
+def shutdown_grace_s(task_definition: dict[str, Any]) -> int:
+    """The sidecar's SHUTDOWN_GRACE_S as the task definition sets it."""
+    for container in task_definition["containerDefinitions"]:
+        if container["name"] == SIDECAR_CONTAINER:
+            env = {e["name"]: e["value"] for e in container.get("environment", [])}
+            return int(float(env["SHUTDOWN_GRACE_S"]))
+    raise ValueError(f"no {SIDECAR_CONTAINER} container in the task definition")
+
+
+def deregistration_delay_s(task_definition: dict[str, Any]) -> int:
+    """Delay + the sidecar's grace = the longest generation the edge lets run."""
+    return LONGEST_GENERATION_S - shutdown_grace_s(task_definition)
+
 
 _ECR_LIFECYCLE = {
     "rules": [
@@ -44,6 +67,20 @@ def _repository(name_parameter: str) -> Json:
             "ImageScanningConfiguration": {"ScanOnPush": True},
             "EncryptionConfiguration": {"EncryptionType": "AES256"},
             "LifecyclePolicy": {"LifecyclePolicyText": json.dumps(_ECR_LIFECYCLE, sort_keys=True)},
+        },
+    }
+
+
+def _pull_through_cache() -> Json:
+    """Docker Hub through ECR (authenticated, cached, scanned) for the builds' base images."""
+    return {
+        "Type": "AWS::ECR::PullThroughCacheRule",
+        "Condition": "HasDockerHubCredential",
+        "Properties": {
+            "EcrRepositoryPrefix": "docker-hub",
+            "UpstreamRegistry": "docker-hub",
+            "UpstreamRegistryUrl": "registry-1.docker.io",
+            "CredentialArn": ref("DockerHubCredentialArn"),
         },
     }
 
@@ -120,34 +157,62 @@ def _hosts() -> dict[str, Json]:
     }
 
 
-def _networking() -> dict[str, Json]:
+def _security_groups() -> dict[str, Json]:
     return {
-        "TaskSecurityGroup": {
+        "LoadBalancerSecurityGroup": {
             "Type": "AWS::EC2::SecurityGroup",
             "Properties": {
-                "GroupDescription": "Central LLM tasks: sidecar port from the VPC (NLB) only",
+                "GroupDescription": "Central LLM NLB: API Gateway VPC link only; to the tasks",
                 "VpcId": ref("VpcId"),
-                "SecurityGroupIngress": [
+                "SecurityGroupEgress": [
                     {
                         "IpProtocol": "tcp",
                         "FromPort": SIDECAR_PORT,
                         "ToPort": SIDECAR_PORT,
-                        "CidrIp": ref("VpcCidr"),
-                        "Description": "NLB traffic and health checks",
+                        "DestinationSecurityGroupId": ref("TaskSecurityGroup"),
+                        "Description": "Traffic and health checks to the sidecars",
                     }
                 ],
+                "Tags": tags(Name="central-llm-nlb"),
+            },
+        },
+        "TaskSecurityGroup": {
+            "Type": "AWS::EC2::SecurityGroup",
+            "Properties": {
+                "GroupDescription": "Central LLM tasks: sidecar port from the NLB only",
+                "VpcId": ref("VpcId"),
                 "SecurityGroupEgress": [
                     {"IpProtocol": "-1", "CidrIp": "0.0.0.0/0", "Description": "S3, ECR, logs"}
                 ],
                 "Tags": tags(Name="central-llm-task"),
             },
         },
+        "TaskIngressFromLoadBalancer": {
+            "Type": "AWS::EC2::SecurityGroupIngress",
+            "Properties": {
+                "GroupId": ref("TaskSecurityGroup"),
+                "IpProtocol": "tcp",
+                "FromPort": SIDECAR_PORT,
+                "ToPort": SIDECAR_PORT,
+                "SourceSecurityGroupId": ref("LoadBalancerSecurityGroup"),
+                "Description": "NLB traffic and health checks",
+            },
+        },
+    }
+
+
+def _networking(task_definition: dict[str, Any]) -> dict[str, Json]:
+    return {
+        **_security_groups(),
         "LoadBalancer": {
             "Type": "AWS::ElasticLoadBalancingV2::LoadBalancer",
             "Properties": {
                 "Type": "network",
                 "Scheme": "internal",
                 "Subnets": ref("SubnetIds"),
+                "SecurityGroups": [ref("LoadBalancerSecurityGroup")],
+                # PrivateLink (the VPC link) is the one way in; the group has no inbound rule.
+                "EnforceSecurityGroupInboundRulesOnPrivateLinkTraffic": "off",
                 "LoadBalancerAttributes": [
                     {"Key": "load_balancing.cross_zone.enabled", "Value": "true"}
                 ],
@@ -173,8 +238,12 @@ def _networking() -> dict[str, Json]:
                 "TargetGroupAttributes": [
                     {
                         "Key": "deregistration_delay.timeout_seconds",
-                        "Value": str(DEREGISTRATION_DELAY_S),
-                    }
+                        "Value": str(deregistration_delay_s(task_definition)),
+                    },
+                    {
+                        "Key": "deregistration_delay.connection_termination.enabled",
+                        "Value": "false",
+                    },
                 ],
             },
         },
@@ -185,6 +254,9 @@ def _networking() -> dict[str, Json]:
                 "Port": ref("ListenerPort"),
                 "Protocol": "TCP",
                 "DefaultActions": [{"Type": "forward", "TargetGroupArn": ref("TargetGroup")}],
+                "ListenerAttributes": [
+                    {"Key": "tcp.idle_timeout.seconds", "Value": str(LONGEST_GENERATION_S)}
+                ],
             },
         },
     }
@@ -193,12 +265,14 @@ def _networking() -> dict[str, Json]:
 def _service() -> Json:
     return {
         "Type": "AWS::ECS::Service",
-        "DependsOn": ["Listener"],
+        "DependsOn": ["Listener", "ClusterCapacityProviders"],
         "Properties": {
             "ServiceName": ref("ServiceName"),
             "Cluster": ref("Cluster"),
             "TaskDefinition": ref("TaskDefinition"),
-            "LaunchType": "EC2",
+            "CapacityProviderStrategy": [
+                {"CapacityProvider": ref("GpuCapacityProvider"), "Weight": 1, "Base": 0}
+            ],
             "DesiredCount": ref("DesiredCount"),
             "NetworkConfiguration": {
                 "AwsvpcConfiguration": {
@@ -233,6 +307,7 @@ def service_resources(
     return {
         "VllmRepository": _repository("VllmRepositoryName"),
         "SidecarRepository": _repository("SidecarRepositoryName"),
+        "DockerHubPullThroughCache": _pull_through_cache(),
         "ServiceLogGroup": {
             "Type": "AWS::Logs::LogGroup",
             "DeletionPolicy": "Retain",
@@ -254,6 +329,6 @@ def service_resources(
             "Properties": pascal_keys(substitute(task_definition)),
         },
         **_hosts(),
-        **_networking(),
+        **_networking(task_definition),
         "Service": _service(),
     }

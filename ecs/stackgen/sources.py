@@ -43,6 +43,7 @@ class Sources:
     task_policy: dict[str, Any]
     execution_policy: dict[str, Any]
     ingest_policy: dict[str, Any]
+    reader_policy: dict[str, Any]
     table: dict[str, Any]
 
 
@@ -78,5 +79,6 @@ def load_sources(root: Path = REPO_ROOT) -> Sources:
         task_policy=_load(root / POLICIES / "ecs-task-audit-writer.json"),
         execution_policy=_load(root / POLICIES / "ecs-task-execution.json"),
         ingest_policy=_load(root / POLICIES / "llm-audit-ingest.json"),
+        reader_policy=_load(root / POLICIES / "audit-reader.json"),
         table=_check_table(_load(table_path), table_path),
     )

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ecs.stackgen.alarms import alarm_resources
-from ecs.stackgen.cfn import Json, get_att, placeholders, ref
+from ecs.stackgen.capacity import capacity_parameters, capacity_resources
+from ecs.stackgen.cfn import Json, get_att, placeholders, ref, sub
+from ecs.stackgen.edge import edge_conditions, edge_outputs, edge_parameters, edge_resources
 from ecs.stackgen.ingest import ingest_resources
+from ecs.stackgen.operators import operator_resources
 from ecs.stackgen.service import service_resources
 from ecs.stackgen.sources import Sources
 from ecs.stackgen.storage import storage_resources
@@ -44,18 +47,14 @@ def parameters(table_name: str) -> dict[str, Json]:
             "Type": "AWS::EC2::VPC::Id",
             "Description": "VPC of the GPU hosts, tasks and NLB",
         },
-        "VpcCidr": {
-            "Type": "String",
-            "Default": "10.0.0.0/16",
-            "AllowedPattern": r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$",
-            "Description": "CIDR allowed to reach the sidecar port (the NLB lives in it)",
-        },
         "SubnetIds": {
             "Type": "List<AWS::EC2::Subnet::Id>",
             "Description": "Private subnets for the tasks and the internal NLB",
         },
         "ListenerPort": _number(80, "NLB listener port (API Gateway VPC link target)", 1, 65535),
-        "DesiredCount": _number(1, "Tasks to run (0 until the first images are pushed)"),
+        "DesiredCount": _number(
+            1, "Tasks to run (0 until the first images are pushed; each needs a GPU host)"
+        ),
         "DeployMinimumHealthyPercent": _number(
             0, "Deployment floor; 0 fits one GPU host (stop old task, start new)", 0, 100
         ),
@@ -106,6 +105,15 @@ def parameters(table_name: str) -> dict[str, Json]:
             "Default": "",
             "Description": "Email subscribed to alarms (optional)",
         },
+        "DockerHubCredentialArn": {
+            "Type": "String",
+            "Default": "",
+            "AllowedPattern": "^$|^arn:[a-z-]+:secretsmanager:.*:secret:ecr-pullthroughcache/.+$",
+            "Description": "Secret (ecr-pullthroughcache/...) with Docker Hub credentials: "
+            "base images through an ECR pull-through cache; empty: no cache rule",
+        },
+        **capacity_parameters(),
+        **edge_parameters(),
     }
 
 
@@ -114,6 +122,13 @@ def outputs() -> dict[str, Json]:
         return {"Value": value, "Description": description}
 
     return {
+        "BaseImageRegistry": {
+            "Condition": "HasDockerHubCredential",
+            **out(
+                sub("${AWS::AccountId}.dkr.ecr.${AWS::Region}.${AWS::URLSuffix}/docker-hub"),
+                "Docker Hub through ECR (scripts/build-push-deploy.sh --base-registry)",
+            ),
+        },
         "ClusterName": out(ref("Cluster"), "ECS cluster"),
         "ServiceName": out(get_att("Service", "Name"), "ECS service"),
         "TaskDefinitionArn": out(ref("TaskDefinition"), "Current task definition revision"),
@@ -123,6 +138,11 @@ def outputs() -> dict[str, Json]:
         "LoadBalancerArn": out(ref("LoadBalancer"), "Internal NLB"),
         "TargetGroupArn": out(ref("TargetGroup"), "Sidecar target group"),
         "TaskSecurityGroupId": out(ref("TaskSecurityGroup"), "Security group of the tasks"),
+        "LoadBalancerSecurityGroupId": out(
+            ref("LoadBalancerSecurityGroup"), "Security group of the NLB"
+        ),
+        "GpuAutoScalingGroupName": out(ref("GpuAutoScalingGroup"), "GPU hosts"),
+        "GpuCapacityProviderName": out(ref("GpuCapacityProvider"), "Capacity provider"),
         "InstanceSecurityGroupId": out(ref("InstanceSecurityGroup"), "Security group of GPU hosts"),
         "InstanceProfileName": out(ref("InstanceProfile"), "Instance profile of GPU hosts"),
         "VllmRepositoryUri": out(
@@ -138,6 +158,9 @@ def outputs() -> dict[str, Json]:
         "DlqUrl": out(ref("Dlq"), "Failed ingestions"),
         "IngestFunctionName": out(ref("IngestFunction"), "Ingestion Lambda"),
         "AlarmTopicArn": out(ref("AlarmTopic"), "Alarm notifications"),
+        "AuditReaderRoleArn": out(
+            get_att("AuditReaderRole", "Arn"), "Read-only role for central-llm-audit-query"
+        ),
         "ServiceLogGroupName": out(ref("ServiceLogGroupName"), "Container logs"),
     }
 
@@ -148,6 +171,9 @@ def render_template(sources: Sources) -> dict[str, Any]:
         **ingest_resources(sources.table, sources.ingest_policy),
         **service_resources(sources.task_definition, sources.task_policy, sources.execution_policy),
         **alarm_resources(),
+        **operator_resources(sources.reader_policy),
+        **capacity_resources(),
+        **edge_resources(),
     }
     template: dict[str, Any] = {
         "AWSTemplateFormatVersion": "2010-09-09",
@@ -156,9 +182,13 @@ def render_template(sources: Sources) -> dict[str, Any]:
         "Conditions": {
             "HasAlarmEmail": {"Fn::Not": [{"Fn::Equals": [ref("AlarmEmail"), ""]}]},
             "HasRetention": {"Fn::Not": [{"Fn::Equals": [ref("RetentionDays"), "0"]}]},
+            "HasDockerHubCredential": {
+                "Fn::Not": [{"Fn::Equals": [ref("DockerHubCredentialArn"), ""]}]
+            },
+            **edge_conditions(),
         },
         "Resources": resources,
-        "Outputs": outputs(),
+        "Outputs": {**outputs(), **edge_outputs()},
     }
     unknown = unresolved_placeholders(template)
     if unknown:

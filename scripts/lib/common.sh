@@ -40,6 +40,19 @@ sha256_of() {
     python3 -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$1"
 }
 
+# A KEY=VALUE setting of vllm_engine/model.env (empty when unset).
+model_setting() {
+    local file
+    file="$(repo_root)/vllm_engine/model.env"
+    [[ -f "${file}" ]] || return 0
+    sed -n "s/^$1=//p" "${file}" | tail -n 1
+}
+
+# Default value of an ARG in a Dockerfile.
+dockerfile_arg() {
+    sed -n "s/^ARG $2=//p" "$1" | head -n 1
+}
+
 repo_root() {
     cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd
 }

@@ -56,10 +56,35 @@ def deploy_moto(proc_log_dir: Path) -> Iterator[str]:
         proc.stop()
 
 
+def _split_subnets(value: Any) -> Any:
+    if value == {"Ref": "SubnetIds"}:
+        return {"Fn::Split": [",", {"Ref": "SubnetIds"}]}
+    if isinstance(value, dict):
+        return {k: _split_subnets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_split_subnets(v) for v in value]
+    return value
+
+
 def moto_template() -> dict[str, Any]:
-    """The template as moto can create it: its ELBv2 listener knows only HTTP and HTTPS."""
+    """The template as moto can create and update it.
+
+    - its ELBv2 listener knows only HTTP and HTTPS;
+    - it cannot update a stack whose list or SSM parameter keeps its previous
+      value (it splits the stored list again, looks the resolved AMI id up as a
+      parameter name), so `SubnetIds` travels as a string here and is split
+      where it is used, and `GpuAmiId` is a plain string (the SSM path);
+    - it re-creates a resource on any update that passes one of its number
+      parameters again (it compares the stored number with the passed string) and
+      fails re-creating the listener, so the listener's port is the default, literal.
+    """
     body = template()
-    body["Resources"]["Listener"]["Properties"]["Protocol"] = "HTTP"
+    listener = body["Resources"]["Listener"]["Properties"]
+    listener["Protocol"] = "HTTP"
+    listener["Port"] = body["Parameters"]["ListenerPort"]["Default"]
+    body["Parameters"]["SubnetIds"]["Type"] = "String"
+    body["Parameters"]["GpuAmiId"]["Type"] = "String"
+    body["Resources"] = _split_subnets(body["Resources"])
     return body
 
 
@@ -95,7 +120,6 @@ def deployed_stack(deploy_moto: str) -> DeployedStack:
     s3.put_object(Bucket="central-llm-artifacts", Key="lambda/ingest.zip", Body=lambda_zip())
     parameters = {
         "VpcId": vpc_id,
-        "VpcCidr": "10.42.0.0/16",
         "SubnetIds": ",".join(subnet_ids),
         "LambdaCodeBucket": "central-llm-artifacts",
         "LambdaCodeKey": "lambda/ingest.zip",

@@ -45,9 +45,23 @@ def test_model_download_build_push_then_redeploy_in_that_order() -> None:
         assert re.search(rf"^\s+{step}\s", help_text, re.MULTILINE), step
 
 
-def test_images_get_immutable_commit_tags() -> None:
-    assert "CODEBUILD_RESOLVED_SOURCE_VERSION" in commands("pre_build")
+def test_images_get_content_tags_from_the_build_script() -> None:
+    # No --tag: scripts/image_tag.py derives them (engine + pinned model, sidecar sources).
+    for phase in ("pre_build", "build", "post_build"):
+        assert "--tag" not in commands(phase)
     assert spec()["env"]["variables"]["VLLM_REPO"] == "mistral8b-vllm"
+    assert "MODEL_REVISION" not in spec()["env"]["variables"]  # vllm_engine/model.env
+
+
+def test_codebuild_uses_its_own_region() -> None:
+    variables = spec()["env"]["variables"]
+    assert "AWS_REGION" not in variables and "AWS_DEFAULT_REGION" not in variables
+    assert "eu-central-1" not in BUILDSPEC.read_text()
+
+
+def test_base_images_come_through_the_pull_through_cache() -> None:
+    assert spec()["env"]["variables"]["BASE_IMAGE_PREFIX"] == "docker-hub"
+    assert "BASE_IMAGE_REGISTRY" in commands("pre_build")
 
 
 def test_nothing_is_pushed_after_a_failed_build() -> None:

@@ -49,7 +49,13 @@ def test_there_are_scripts() -> None:
 
 def test_shellcheck_is_clean() -> None:
     shellcheck = require_tool("shellcheck")
-    files = [*SCRIPT_FILES, SCRIPTS / "lib" / "common.sh", ROOT / "vllm_engine" / "entrypoint.sh"]
+    files = [
+        *SCRIPT_FILES,
+        SCRIPTS / "lib" / "common.sh",
+        SCRIPTS / "test",
+        ROOT / ".ci" / "run",
+        ROOT / "vllm_engine" / "entrypoint.sh",
+    ]
     result = subprocess.run(
         [shellcheck, "-x", *[str(f.relative_to(ROOT)) for f in files]],
         cwd=ROOT,

@@ -230,11 +230,16 @@ def test_target_group_keeps_the_original_health_check_and_drains_long_streams() 
     attributes = {a["Key"]: a["Value"] for a in group["TargetGroupAttributes"]}
     # Longer than the sidecar's own SIGTERM grace: streams finish while draining.
     assert int(attributes["deregistration_delay.timeout_seconds"]) >= 90
+    # Connections outliving the delay continue into the sidecar's grace period.
+    assert attributes["deregistration_delay.connection_termination.enabled"] == "false"
 
 
 def test_service_runs_the_task_behind_the_nlb_with_a_circuit_breaker() -> None:
     service = _properties("Service")
-    assert service["LaunchType"] == "EC2"
+    assert "LaunchType" not in service  # placed by the GPU capacity provider
+    assert service["CapacityProviderStrategy"] == [
+        {"CapacityProvider": {"Ref": "GpuCapacityProvider"}, "Weight": 1, "Base": 0}
+    ]
     assert service["TaskDefinition"] == {"Ref": "TaskDefinition"}
     (balancer,) = service["LoadBalancers"]
     assert balancer == {
@@ -252,10 +257,15 @@ def test_service_runs_the_task_behind_the_nlb_with_a_circuit_breaker() -> None:
     ]
 
 
-def test_only_the_sidecar_port_is_open_to_the_vpc() -> None:
-    (rule,) = _properties("TaskSecurityGroup")["SecurityGroupIngress"]
+def test_only_the_nlb_reaches_the_sidecar_port() -> None:
+    assert "SecurityGroupIngress" not in _properties("TaskSecurityGroup")
+    ingress = resources("AWS::EC2::SecurityGroupIngress")
+    assert set(ingress) == {"TaskIngressFromLoadBalancer"}
+    rule = ingress["TaskIngressFromLoadBalancer"]["Properties"]
+    assert rule["GroupId"] == {"Ref": "TaskSecurityGroup"}
     assert (rule["FromPort"], rule["ToPort"], rule["IpProtocol"]) == (8000, 8000, "tcp")
-    assert rule["CidrIp"] == {"Ref": "VpcCidr"}
+    assert rule["SourceSecurityGroupId"] == {"Ref": "LoadBalancerSecurityGroup"}
+    assert "CidrIp" not in rule
     assert "SecurityGroupIngress" not in _properties("InstanceSecurityGroup")
 
 

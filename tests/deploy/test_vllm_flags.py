@@ -112,6 +112,7 @@ def test_the_static_scan_sees_what_the_script_prints() -> None:
     # Guards the scan above: if it went blind, the check would pass vacuously.
     assert static_flags() == printed_flags()
     assert {"--enable-request-id-headers", "--shutdown-timeout"} <= static_flags()
+    assert {"--enable-auto-tool-choice", "--tool-call-parser"} <= static_flags()
 
 
 def test_the_committed_list_has_the_flags_the_setup_depends_on(extractor: ModuleType) -> None:
@@ -131,6 +132,17 @@ def test_the_committed_list_matches_the_wheel() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif("VLLM_WHEEL" not in os.environ, reason="set VLLM_WHEEL to a vLLM wheel")
+def test_the_tool_parsers_we_name_are_registered_in_the_wheel() -> None:
+    """`mistral` (the engine's default) and `hermes` (compose's Qwen) are parser names."""
+    import zipfile
+
+    with zipfile.ZipFile(os.environ["VLLM_WHEEL"]) as wheel:
+        registry = wheel.read("vllm/tool_parsers/__init__.py").decode()
+    for name in ("mistral", "hermes"):
+        assert f'    "{name}": (' in registry, name
 
 
 # --- the extractor on a synthetic wheel -----------------------------------------------------
