@@ -25,7 +25,7 @@ from .audit_trail import AuditTrail
 from .config import Config
 from .health import HealthLimits, UpstreamProbe, verdict
 from .identity import discover_identity
-from .metrics import Metrics
+from .metrics import AuditSnapshot, Metrics
 from .proxy import Finished, Proxy
 from .upstream import UpstreamPool
 
@@ -203,9 +203,13 @@ async def _emf_reporter(app: web.Application) -> AsyncIterator[None]:
         return
 
     async def report() -> None:
+        shipped_before = app[TRAIL].snapshot().records_shipped
         while True:
             await asyncio.sleep(config.emf_interval)
-            log.info("audit metrics", extra=emf_fields(app[TRAIL], config.service_name))
+            snapshot = app[TRAIL].snapshot()
+            shipped = snapshot.records_shipped - shipped_before
+            shipped_before = snapshot.records_shipped
+            log.info("audit metrics", extra=emf_fields(snapshot, config.service_name, shipped))
 
     task = asyncio.create_task(report())
     try:
@@ -214,8 +218,10 @@ async def _emf_reporter(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
 
 
-def emf_fields(trail: AuditTrail, service_name: str) -> dict[str, object]:
-    snapshot = trail.snapshot()
+def emf_fields(snapshot: AuditSnapshot, service_name: str, shipped: int) -> dict[str, object]:
+    """One EMF line. `AuditRecordsShipped` counts this interval's records (the
+    missing-audit-objects alarm sums it per hour against items ingested); the
+    others are levels."""
     return {
         "_aws": {
             "Timestamp": int(time.time() * 1000),
@@ -227,6 +233,7 @@ def emf_fields(trail: AuditTrail, service_name: str) -> dict[str, object]:
                         {"Name": "AuditOldestUnshippedAgeSeconds", "Unit": "Seconds"},
                         {"Name": "AuditSpoolBytes", "Unit": "Bytes"},
                         {"Name": "AuditRecordsDropped", "Unit": "Count"},
+                        {"Name": "AuditRecordsShipped", "Unit": "Count"},
                     ],
                 }
             ],
@@ -235,4 +242,5 @@ def emf_fields(trail: AuditTrail, service_name: str) -> dict[str, object]:
         "AuditOldestUnshippedAgeSeconds": round(snapshot.oldest_unshipped_age_s or 0.0, 3),
         "AuditSpoolBytes": snapshot.spool_bytes,
         "AuditRecordsDropped": snapshot.records_dropped,
+        "AuditRecordsShipped": shipped,
     }

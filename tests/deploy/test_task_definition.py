@@ -14,7 +14,6 @@ SIDECAR_DEFAULTS = {s.env: s.default for s in SETTINGS}
 SDK_VARIABLES = {"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"}
 # Set in the task definition ahead of the sidecar release that reads it (the edge's
 # attribution headers); inert, and to be deleted, once sidecar_audit/config.py has it.
-PENDING_SETTINGS = {"TRUST_EDGE_HEADERS"} - set(SIDECAR_DEFAULTS)
 
 
 def _seconds(name: str) -> float:
@@ -85,7 +84,7 @@ def test_sidecar_environment_is_the_seeds_and_every_name_is_a_sidecar_setting() 
     assert env["SERVICE_NAME"] == "${ServiceName}"
     # Only behind the edge, whose integration overrides the headers (test_stack_edge.py).
     assert env["TRUST_EDGE_HEADERS"] == "true"
-    unknown = set(env) - set(SIDECAR_DEFAULTS) - SDK_VARIABLES - PENDING_SETTINGS
+    unknown = set(env) - set(SIDECAR_DEFAULTS) - SDK_VARIABLES
     assert not unknown, f"not sidecar settings: {sorted(unknown)}"
 
 
