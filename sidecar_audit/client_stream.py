@@ -15,7 +15,8 @@ tests/sidecar/test_client_stream.py):
    the last chunk.
 3. The request handler is an asyncio protocol whose `writing_paused` is true
    between the transport's `pause_writing()` and `resume_writing()`, and
-   `writer.drain()` waits for the latter (an event, not a poll).
+   `writer.drain()` waits for the latter (an event, not a poll). A stall is
+   judged by progress: the transport's buffer not shrinking for `stall_s`.
 
 States, in order: OPEN (head sent, writing) → ENDED (write_eof) or GONE (the
 client left or stalled). Writing in any state but OPEN raises.
@@ -25,6 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import fcntl
+import struct
+import termios
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -81,31 +85,54 @@ class ClientStream:
         return bool(self._protocol.writing_paused)
 
     async def drain(self, stall_s: float) -> None:
-        """Wait until the client has taken enough; a client silent for `stall_s` is gone."""
-        try:
-            async with asyncio.timeout(stall_s):
-                await self._writer.drain()
-        except TimeoutError:
-            self.abort()
-            raise ClientGone(f"the client read nothing for {stall_s:g} s") from None
-        except ConnectionError:
-            self._state = _State.GONE
-            raise ClientGone("the client closed the connection") from None
-        if self._transport.is_closing():
+        """Wait until the transport takes writes again; a client that takes nothing for
+        `stall_s` is gone. Progress is what counts, not speed: a slow reader whose
+        kernel buffers hold megabytes may need longer than `stall_s` to drain them,
+        and is cut only if our buffer did not shrink at all in `stall_s`."""
+        transport = self._transport
+        before = self._unsent()
+        while self.congested:
+            try:
+                async with asyncio.timeout(stall_s):
+                    await self._writer.drain()
+            except TimeoutError:
+                now = self._unsent()
+                if now >= before:
+                    self.abort()
+                    raise ClientGone(f"the client read nothing for {stall_s:g} s") from None
+                before = now
+            except ConnectionError:
+                self._state = _State.GONE
+                raise ClientGone("the client closed the connection") from None
+        if transport.is_closing():
             self._state = _State.GONE
             raise ClientGone("the client closed the connection")
 
+    def _unsent(self) -> int:
+        """Bytes written but not yet taken by the client: our buffer plus the kernel's
+        send queue (TIOCOUTQ, Linux), so that a reader draining megabytes of kernel
+        buffer shows progress before our own buffer moves."""
+        queued = self._transport.get_write_buffer_size()
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                queued += struct.unpack("i", raw)[0]
+            except OSError:  # not a TCP socket, or not Linux: our buffer alone
+                pass
+        return queued
+
     async def end(self, last: bytes, stall_s: float) -> None:
-        """Send the last bytes and the end of the body (write_eof)."""
+        """Send the last bytes, wait for the client to take them, end the body (write_eof)."""
+        if last:
+            self.write(last)
+        await self.drain(stall_s)
         if self._state is not _State.OPEN:
             raise ProtocolStateError(f"client stream: end when {self._state.value}")
-        if self._transport.is_closing():
-            self._state = _State.GONE
-            raise ClientGone("the client closed the connection")
         self._state = _State.ENDED
         try:
-            async with asyncio.timeout(stall_s):
-                await self._response.write_eof(last)
+            async with asyncio.timeout(stall_s):  # the terminator only: our buffer is drained
+                await self._response.write_eof()
         except TimeoutError:
             self.abort()
             raise ClientGone(f"the client read nothing for {stall_s:g} s") from None

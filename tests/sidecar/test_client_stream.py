@@ -1,0 +1,216 @@
+"""client_stream.py's assumptions about aiohttp, one test each, against a real aiohttp server.
+
+The module docstring lists them: (1) `prepare()` buffers the head and
+`send_headers()` writes it at once; (2) after the head, transport writes are
+the body and chunked coding is ours to frame, `write_eof` still ends it;
+(3) `writing_paused` + `drain()` tell a slow client by an event. If an aiohttp
+upgrade changes any of these, the matching test fails here before the proxy
+misbehaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httptools
+import pytest
+from aiohttp import web
+
+from sidecar_audit.client_stream import ClientStream
+from sidecar_audit.upstream import ClientGone, ProtocolStateError
+
+pytestmark = pytest.mark.timeout(30)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> int:
+        app = web.Application()
+        app.router.add_route("*", "/", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        return runner.addresses[0][1]
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+class Parsed:
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.complete = False
+        self.head_done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode().lower()] = value.decode()
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+async def get(port: int, until: Callable[[Parsed], bool]) -> Parsed:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    parsed = Parsed()
+    parser = httptools.HttpResponseParser(parsed)
+    try:
+        async with asyncio.timeout(5):
+            while not until(parsed):
+                data = await reader.read(65536)
+                if not data:
+                    break
+                parser.feed_data(data)
+    finally:
+        writer.close()
+    return parsed
+
+
+async def test_the_head_leaves_as_soon_as_the_stream_opens(serve) -> None:
+    released = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"x-marker": "1"})
+        stream = await ClientStream.open(response, request)
+        await released.wait()  # no body yet: the head must already be with the client
+        await stream.end(b"", 5)
+        return response
+
+    port = await serve(handler)
+    parsed = await get(port, lambda p: p.head_done)
+    assert parsed.head_done and parsed.headers["x-marker"] == "1"
+    released.set()
+
+
+@pytest.mark.parametrize("length", [None, 6])
+async def test_body_bytes_are_framed_as_aiohttp_chose_and_end_with_write_eof(serve, length) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        if length is not None:
+            response.content_length = length
+        stream = await ClientStream.open(response, request)
+        stream.write(b"abc")
+        await stream.end(b"xyz", 5)
+        with pytest.raises(ProtocolStateError):
+            stream.write(b"late")
+        return response
+
+    port = await serve(handler)
+    parsed = await get(port, lambda p: p.complete)
+    assert parsed.complete and b"".join(parsed.body) == b"abcxyz"
+    if length is None:
+        assert parsed.headers["transfer-encoding"] == "chunked"
+    else:
+        assert parsed.headers["content-length"] == "6"
+
+
+async def test_a_client_that_reads_nothing_is_told_by_an_event_and_cut_after_the_stall(
+    serve,
+) -> None:
+    outcome: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        stream = await ClientStream.open(response, request)
+        chunk = b"x" * 65536
+        while not stream.congested:  # the transport's high-water mark, as an event source
+            stream.write(chunk)
+            await asyncio.sleep(0)
+        outcome.append("congested")
+        try:
+            await stream.drain(0.5)
+        except ClientGone as exc:
+            outcome.append(str(exc))
+        return response
+
+    port = await serve(handler)
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(100):
+        if len(outcome) == 2:
+            break
+        await asyncio.sleep(0.1)
+    sock.close()
+    assert outcome[:1] == ["congested"]
+    assert outcome[1:] == ["the client read nothing for 0.5 s"]
+
+
+async def test_a_client_that_drains_releases_the_wait(serve) -> None:
+    drained: list[bool] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        stream = await ClientStream.open(response, request)
+        while not stream.congested:
+            stream.write(b"y" * 65536)
+            await asyncio.sleep(0)
+        await stream.drain(10)
+        drained.append(True)
+        await stream.end(b"", 5)
+        return response
+
+    port = await serve(handler)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    parsed = Parsed()
+    parser = httptools.HttpResponseParser(parsed)
+    reader._transport.pause_reading()  # type: ignore[attr-defined]  # read nothing for a while
+    await asyncio.sleep(0.5)
+    reader._transport.resume_reading()  # type: ignore[attr-defined]
+    async with asyncio.timeout(20):
+        while not parsed.complete:
+            data = await reader.read(1 << 20)
+            if not data:
+                break
+            parser.feed_data(data)
+    writer.close()
+    assert parsed.complete and drained == [True]
+
+
+async def test_a_slow_but_steady_reader_is_not_cut_while_it_makes_progress(serve) -> None:
+    """Megabytes sit in kernel buffers: draining them takes a slow client longer than the
+    stall limit, but every second it takes some bytes, so it is not stalled."""
+    outcome: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        stream = await ClientStream.open(response, request)
+        while not stream.congested:
+            stream.write(b"z" * 65536)
+            await asyncio.sleep(0)
+        try:
+            await stream.drain(0.5)
+            outcome.append("drained")
+        except ClientGone:
+            outcome.append("cut")
+        return response
+
+    port = await serve(handler)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    taken = 0
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 3.0  # six stall periods of steady, slow reading
+    while loop.time() < until and not outcome:
+        taken += len(await reader.read(4096))
+        await asyncio.sleep(0.01)
+    assert outcome in ([], ["drained"]), f"cut after {taken} bytes"
+    writer.close()
