@@ -41,6 +41,7 @@ _FLAGS = {
     "journal_size": "--journal-size",
     "vllm_version": "--vllm-version",
     "loop": "--loop",
+    "sse_keep_alive_interval": "--sse-keep-alive-interval",
 }
 
 
@@ -168,6 +169,10 @@ def launch_standin(log_dir: Path, name: str, **options: object) -> Standin:
     port = free_port()
     argv = python_module("vllm_standin", "--host", "127.0.0.1", "--port", str(port))
     for key, value in options.items():
+        if key == "enable_force_include_usage":
+            if value:
+                argv.append("--enable-force-include-usage")
+            continue
         if key == "enable_request_id_headers":
             if value:
                 argv.append("--enable-request-id-headers")

@@ -31,7 +31,9 @@ from vllm_standin.errors import (
     model_not_found,
     validation_error,
 )
+from vllm_standin.messages import messages
 from vllm_standin.respond import send_bytes, send_error
+from vllm_standin.responses import responses
 from vllm_standin.runtime import RUNTIME
 from vllm_standin.vocab import WORDS, detokenize, prompt_token_count, token_ids
 
@@ -251,7 +253,13 @@ async def invocations(request: web.Request) -> web.StreamResponse:
     return await send_error(request, bad_request(message))
 
 
+def _count_hit(request: web.Request) -> None:
+    hits = request.app[RUNTIME].journal.stats.admin_hits
+    hits[request.path] = hits.get(request.path, 0) + 1
+
+
 async def _ok_empty(request: web.Request) -> web.StreamResponse:
+    _count_hit(request)
     return await send_bytes(request, 200, b"", None)
 
 
@@ -259,6 +267,7 @@ def _ok_json(payload: dict[str, object]) -> Handler:
     body = orjson.dumps(payload)
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        _count_hit(request)
         return await send_bytes(request, 200, body)
 
     return handler
@@ -292,6 +301,8 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/models", models),
         web.post("/v1/chat/completions", chat_completions),
         web.post("/v1/completions", completions),
+        web.post("/v1/messages", messages),
+        web.post("/v1/responses", responses),
         web.post("/tokenize", tokenize),
         web.post("/detokenize", detokenize_route),
         web.post("/v1/embeddings", embeddings),

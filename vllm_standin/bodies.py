@@ -197,8 +197,12 @@ class GenerateRequest:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """Server-wide facts a request is checked against; `force_include_usage` is vLLM's
+    `--enable-force-include-usage` (usage and continuous usage on every stream)."""
+
     served_model: str
     max_model_len: int
+    force_include_usage: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +212,7 @@ class _Kind:
     max_keys: tuple[str, ...]
     default_max: int | None
     token_prompts: bool = False  # prompts given as token ids: exact length in errors
+    openai: bool = True  # chat/completions: the force-include-usage flag applies
 
 
 _CHAT = _Kind(("max_completion_tokens", "max_tokens"), None)
@@ -299,7 +304,10 @@ def _common(
         if value < 1:
             message = f"max_tokens must be at least 1, got {value}."
             return vllm_validation_error(message, "max_tokens", value)
-    include_usage, continuous = _stream_options(body)
+    # vLLM serve/utils/api_utils.py:273-285: the server flag wins over stream_options
+    include_usage, continuous = (
+        (True, True) if limits.force_include_usage and kind.openai else _stream_options(body)
+    )
     return GenerateRequest(
         model=limits.served_model,
         prompts=prompts,
@@ -379,3 +387,74 @@ def chat_prompt(document: dict[str, Any]) -> str:
     if not isinstance(messages, list):
         return ""
     return "\n".join(_message_text(message) for message in messages)
+
+
+_MESSAGES = _Kind(("max_tokens",), None, openai=False)
+_RESPONSES = _Kind(("max_output_tokens",), None, openai=False)
+
+
+def _missing(body: dict[str, Any], *names: str) -> ApiError | None:
+    errors: list[FieldError | str] = [
+        FieldError("missing", ("body", name), "Field required", body)
+        for name in names
+        if name not in body
+    ]
+    return validation_error(errors) if errors else None
+
+
+def parse_messages(document: object, limits: Limits) -> GenerateRequest | ApiError:
+    """An Anthropic Messages request (`model`, `messages`, `max_tokens` required;
+    `anthropic/protocol.py:240-340`), or vLLM's error for it. The prompt is the system
+    text and the messages' text; `max_tokens` must be positive (a field validator)."""
+    body = require_object(document)
+    if isinstance(body, ApiError):
+        return body
+    missing = _missing(body, "model", "messages", "max_tokens")
+    if missing is not None:
+        return missing
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        error = FieldError(
+            "list_type", ("body", "messages"), "Input should be a valid list", messages
+        )
+        return validation_error([error])
+    max_tokens = _int_field(body, "max_tokens")
+    if isinstance(max_tokens, ApiError):
+        return max_tokens
+    if max_tokens is not None and max_tokens <= 0:
+        ctx: dict[str, object] = {"error": _Repr("ValueError('max_tokens must be positive')")}
+        error = FieldError(
+            "value_error",
+            ("body", "max_tokens"),
+            "Value error, max_tokens must be positive",
+            body["max_tokens"],
+            ctx,
+        )
+        return validation_error([error])
+    system = body.get("system")
+    texts = [_message_text({"content": system})] if system is not None else []
+    texts.extend(_message_text(message) for message in messages)
+    # Fields the Anthropic model does not have are ignored by pydantic, not read.
+    plain = {k: v for k, v in body.items() if k not in ("stream_options", "n", "request_id")}
+    return _common(plain, limits, ("\n".join(texts),), _MESSAGES)
+
+
+def _input_text(raw: object) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list):
+        return "\n".join(_message_text(item) for item in raw)
+    return ""
+
+
+def parse_responses(document: object, limits: Limits) -> GenerateRequest | ApiError:
+    """A Responses request (`input` required; `openai/responses/protocol.py:240-360`),
+    or vLLM's error for it; `max_output_tokens` bounds the answer."""
+    body = require_object(document)
+    if isinstance(body, ApiError):
+        return body
+    missing = _missing(body, "input")
+    if missing is not None:
+        return missing
+    plain = {key: value for key, value in body.items() if key not in ("stream_options", "n")}
+    return _common(plain, limits, (_input_text(body["input"]),), _RESPONSES)

@@ -7,6 +7,8 @@ parser, `tool_calls` as if it ran with `--enable-auto-tool-choice` and a tool pa
 
 from __future__ import annotations
 
+import dataclasses
+
 from aiohttp import web
 
 from vllm_standin.bodies import parse_chat
@@ -14,7 +16,7 @@ from vllm_standin.chat_wire import ChatStream, StreamHead, completion_body
 from vllm_standin.errors import api_error
 from vllm_standin.generate import await_full, stream_events
 from vllm_standin.intake import Accepted, accept
-from vllm_standin.plan import DEFAULT_TOOL_NAMES, Shape, plan_choices
+from vllm_standin.plan import DEFAULT_TOOL_NAMES, ChoicePlan, Shape, plan_choice
 from vllm_standin.respond import run_stream, send_bytes, send_error
 from vllm_standin.runtime import base_request_id, created_now
 
@@ -28,6 +30,20 @@ def _shape(accepted: Accepted) -> Shape:
         offered = accepted.request.tool_names or DEFAULT_TOOL_NAMES
         names = tuple(offered[i % len(offered)] for i in range(TOOL_CALLS_PER_ANSWER))
     return Shape(accepted.content_tokens, controls.has("reasoning"), names)
+
+
+def chat_plans(accepted: Accepted, shape: Shape) -> list[ChoicePlan]:
+    """Every choice's steps; `x-standin-choice-tokens` gives each choice its own length."""
+    parsed = accepted.request
+    return [
+        plan_choice(
+            parsed.seed_text,
+            i,
+            dataclasses.replace(shape, content_tokens=accepted.tokens_of(i)),
+            parsed.max_tokens[0],
+        )
+        for i in range(parsed.n)
+    ]
 
 
 def _head(request: web.Request, accepted: Accepted, shape: Shape) -> StreamHead:
@@ -51,7 +67,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return accepted
     parsed, controls = accepted.request, accepted.controls
     shape = _shape(accepted)
-    plans = plan_choices(parsed.seed_text, parsed.n, shape, parsed.max_tokens[0])
+    plans = chat_plans(accepted, shape)
     head = _head(request, accepted, shape)
     pace = accepted.pace
     if parsed.stream:
@@ -60,7 +76,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             request,
             accepted.runtime.journal,
             accepted.entry,
-            lambda out: stream_events(out, encoder, plans, pace, controls),
+            lambda out: stream_events(
+                out,
+                encoder,
+                plans,
+                pace,
+                controls,
+                accepted.runtime.options.sse_keep_alive_interval,
+            ),
         )
     if not await await_full(plans, pace, controls):
         error = api_error("Internal server error", "InternalServerError", 500)

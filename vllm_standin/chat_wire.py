@@ -170,9 +170,16 @@ class ChatStream:
     def closing(self, plans: Sequence[ChoicePlan]) -> list[bytes]:
         return [self.usage(plans)] if self._head.include_usage else []
 
-    def error_event(self, message: str, err_type: str, code: int) -> bytes:
+    def error_events(self, message: str, err_type: str, code: int) -> list[bytes]:
         """The in-stream error: the yielded `ErrorResponse`, `model_dump_json()`."""
-        return chat_error_event(message, err_type, code)
+        return [chat_error_event(message, err_type, code)]
+
+    @property
+    def done(self) -> bytes:
+        return DONE
+
+    def preamble(self) -> list[bytes]:
+        return []  # nothing before the first engine output
 
     def usage(self, plans: Sequence[ChoicePlan]) -> bytes:
         """The trailing `"choices":[]` usage event (`stream_options.include_usage`)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from vllm_standin.chat_wire import DONE
 from vllm_standin.errors import completion_error_event
 from vllm_standin.plan import ChoicePlan, Kind, Step
 
@@ -123,9 +124,16 @@ class CompletionStream:
     def closing(self, plans: Sequence[ChoicePlan]) -> list[bytes]:
         return [self.usage(plans)] if self._head.include_usage else []
 
-    def error_event(self, message: str, err_type: str, code: int) -> bytes:
+    def error_events(self, message: str, err_type: str, code: int) -> list[bytes]:
         """The in-stream error: `create_streaming_error_response`, i.e. `json.dumps`."""
-        return completion_error_event(message, err_type, code)
+        return [completion_error_event(message, err_type, code)]
+
+    @property
+    def done(self) -> bytes:
+        return DONE
+
+    def preamble(self) -> list[bytes]:
+        return []  # nothing before the first engine output
 
     def usage(self, plans: Sequence[ChoicePlan]) -> bytes:
         prompt = sum(self._head.prompt_tokens)

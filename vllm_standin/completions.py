@@ -24,10 +24,11 @@ from vllm_standin.runtime import base_request_id, created_now
 
 def _plans(accepted: Accepted) -> list[ChoicePlan]:
     parsed = accepted.request
-    shape = Shape(accepted.content_tokens)
     return [
         dataclasses.replace(
-            plan_choice(prompt, choice, shape, parsed.max_tokens[prompt_index]),
+            plan_choice(
+                prompt, choice, Shape(accepted.tokens_of(choice)), parsed.max_tokens[prompt_index]
+            ),
             index=choice + prompt_index * parsed.n,
         )
         for prompt_index, prompt in enumerate(parsed.prompts)
@@ -58,7 +59,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
             request,
             accepted.runtime.journal,
             accepted.entry,
-            lambda out: stream_events(out, encoder, plans, pace, controls),
+            lambda out: stream_events(
+                out,
+                encoder,
+                plans,
+                pace,
+                controls,
+                accepted.runtime.options.sse_keep_alive_interval,
+            ),
         )
     if not await await_full(plans, pace, controls):
         error = api_error("Internal server error", "InternalServerError", 500)

@@ -21,6 +21,18 @@ from vllm_standin.runtime import ENTRY, RUNTIME, Runtime
 from vllm_standin.scenarios import BadControl, Controls, parse_controls
 
 Parser = Callable[[object, Limits], GenerateRequest | ApiError]
+Translate = Callable[[ApiError], ApiError]
+
+
+def _same(error: ApiError) -> ApiError:
+    return error
+
+
+_API_NAMES = {
+    "/v1/chat/completions": "Chat Completions",
+    "/v1/messages": "Messages",
+    "/v1/responses": "Responses",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +52,23 @@ class Accepted:
         tokens = self.controls.tokens
         return self.runtime.options.tokens if tokens is None else tokens
 
+    def tokens_of(self, choice: int) -> int:
+        """Content tokens of choice `choice` (`x-standin-choice-tokens`, else the default)."""
+        per_choice = self.controls.choice_tokens
+        if not per_choice:
+            return self.content_tokens
+        return per_choice[min(choice, len(per_choice) - 1)]
 
-async def accept(request: web.Request, parse: Parser) -> Accepted | web.StreamResponse:
-    """A validated generation request, or the response already sent in its place."""
+
+async def accept(
+    request: web.Request, parse: Parser, translate: Translate = _same
+) -> Accepted | web.StreamResponse:
+    """A validated generation request, or the response already sent in its place.
+
+    `translate` reshapes the errors the route's handler builds (vLLM's Messages route
+    answers in Anthropic's shape; it must leave request-validation errors alone, which
+    FastAPI raises before the route runs, in vLLM's own shape on every route).
+    """
     runtime = request.app[RUNTIME]
     entry = request[ENTRY]
     try:
@@ -57,11 +83,11 @@ async def accept(request: web.Request, parse: Parser) -> Accepted | web.StreamRe
         return await send_error(request, document)
     parsed = parse(document, runtime.limits)
     if isinstance(parsed, ApiError):
-        return await send_error(request, parsed)
+        return await send_error(request, translate(parsed))
     if controls.has("http_error"):
-        api = "Chat Completions" if request.path.endswith("/chat/completions") else "Completions"
+        api = _API_NAMES.get(request.path, "Completions")
         error = scenario_error(
             controls.error_status, parsed.model, runtime.limits.max_model_len, api
         )
-        return await send_error(request, error)
+        return await send_error(request, translate(error))
     return Accepted(runtime, entry, controls, parsed)

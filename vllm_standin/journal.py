@@ -77,8 +77,9 @@ class Stats:
     streams_started: int = 0
     streams_completed: int = 0
     streams_aborted: int = 0
+    admin_hits: dict[str, int] = field(default_factory=dict)  # operator/dev route -> hits
 
-    def as_json(self) -> dict[str, int]:
+    def as_json(self) -> dict[str, object]:
         return {
             "requests": self.requests,
             "in_flight": self.in_flight,
@@ -87,6 +88,7 @@ class Stats:
             "streams_started": self.streams_started,
             "streams_completed": self.streams_completed,
             "streams_aborted": self.streams_aborted,
+            "admin_hits": dict(self.admin_hits),
         }
 
 

@@ -7,7 +7,8 @@
   `status`, `stream`, `events_sent` (SSE `data:` events, `[DONE]` included),
   `comments_sent`, `response_bytes`, `scenario`.
 - `DELETE /_standin/requests`: forget them (the counters keep counting).
-- `GET /_standin/stats`: counters since start.
+- `GET /_standin/stats`: counters since start, with `admin_hits` (operator/dev route
+  path → requests it served: the routes a proxy must never forward).
 These routes are not journaled themselves.
 """
 

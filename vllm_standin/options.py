@@ -32,10 +32,14 @@ class StandinOptions:
     journal_size: int = 1000
     vllm_version: str = VLLM_VERSION
     loop: str = "auto"
+    enable_force_include_usage: bool = False
+    sse_keep_alive_interval: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.tokens < 0 or self.ttft_ms < 0 or self.itl_ms < 0 or self.keepalive_s < 0:
+        if min(self.tokens, self.ttft_ms, self.itl_ms, self.keepalive_s) < 0:
             raise ValueError("tokens, ttft_ms, itl_ms and keepalive_s must not be negative")
+        if self.sse_keep_alive_interval < 0:
+            raise ValueError("sse_keep_alive_interval must not be negative (0: off)")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"loop must be auto, asyncio or uvloop, not {self.loop!r}")
 
@@ -81,6 +85,19 @@ _SPECS: tuple[_Spec, ...] = (
     ),
     _Spec("vllm_version", ("--vllm-version",), "STANDIN_VLLM_VERSION", "version to report"),
     _Spec("loop", ("--loop",), "STANDIN_LOOP", "event loop: auto, asyncio or uvloop"),
+    _Spec(
+        "enable_force_include_usage",
+        ("--enable-force-include-usage",),
+        "STANDIN_ENABLE_FORCE_INCLUDE_USAGE",
+        "usage (and continuous usage) on every chat/completion stream, like vLLM's flag",
+    ),
+    _Spec(
+        "sse_keep_alive_interval",
+        ("--sse-keep-alive-interval",),
+        "STANDIN_SSE_KEEP_ALIVE_INTERVAL",
+        "seconds of idle stream before a ': keep-alive' comment (0: off; vLLM takes an "
+        "int, fractions are allowed here so tests stay fast)",
+    ),
 )
 
 _TRUE = frozenset({"1", "true", "yes", "on"})

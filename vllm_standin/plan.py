@@ -143,7 +143,3 @@ def plan_choice(seed_text: str, choice: int, shape: Shape, max_tokens: int | Non
         return ChoicePlan(choice, tuple(steps[:max_tokens]), "length")
     tools = any(step.kind is Kind.TOOL_START for step in steps)
     return ChoicePlan(choice, tuple(steps), "tool_calls" if tools else "stop")
-
-
-def plan_choices(seed_text: str, n: int, shape: Shape, max_tokens: int | None) -> list[ChoicePlan]:
-    return [plan_choice(seed_text, i, shape, max_tokens) for i in range(n)]

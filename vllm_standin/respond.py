@@ -49,6 +49,10 @@ async def send_error(request: web.Request, error: ApiError) -> web.Response:
     return await send_bytes(request, error.status, error.body)
 
 
+class StreamCut(ConnectionError):
+    """The server drops the connection mid-stream (an exception escaped vLLM's generator)."""
+
+
 HIGH_WATER = 64 * 1024  # bytes queued in the transport before waiting for the client
 
 
@@ -108,6 +112,12 @@ async def run_stream(
         await produce(SseOut(request, entry))
         journal.close(entry, COMPLETED)
         await response.write_eof()
+    except StreamCut:
+        # What uvicorn does when the app raises after the response started: close the
+        # connection, no chunked terminator. The server did all it meant to.
+        journal.close(entry, COMPLETED)
+        if request.transport is not None:
+            request.transport.close()
     except ConnectionResetError:
         journal.close(entry, ABORTED)
     return response

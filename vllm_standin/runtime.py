@@ -32,7 +32,7 @@ class Runtime:
         return cls(
             options=options,
             journal=Journal(options.journal_size),
-            limits=Limits(options.model, options.max_model_len),
+            limits=Limits(options.model, options.max_model_len, options.enable_force_include_usage),
             fingerprint=f"vllm-{options.vllm_version}-{digest[:8]}",
         )
 

@@ -20,6 +20,10 @@
 - `slow_first_token`: time to first token from `x-standin-ttft-ms` (default 2000 ms).
 - `gzip`: a non-streamed body is gzip-compressed with `content-encoding: gzip`.
 
+`x-standin-choice-tokens: 3,9,5` gives choice i (of every prompt) its own answer
+length, so choices of one request finish at different steps as they do in vLLM;
+missing entries repeat the last one.
+
 Other headers: `x-standin-tokens`, `x-standin-itl-ms`, `x-standin-ttft-ms` override the
 server's settings for this request; `x-standin-created` pins the `created` timestamp.
 A malformed control is the test's bug, so it is rejected (`BadControl`), not ignored.
@@ -62,6 +66,7 @@ class Controls:
     created: int | None = None
     error_status: int = 400
     error_after: int = 3
+    choice_tokens: tuple[int, ...] = ()
 
     def has(self, name: str) -> bool:
         return name in self.scenarios
@@ -81,6 +86,18 @@ def _number(headers: Mapping[str, str], name: str, kind: type[float] | type[int]
     if value < 0:
         raise BadControl(f"{name} must not be negative, got {raw!r}")
     return value
+
+
+def _choice_tokens(raw: str | None) -> tuple[int, ...]:
+    if not raw:
+        return ()
+    try:
+        counts = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        raise BadControl(f"x-standin-choice-tokens must be integers, got {raw!r}") from None
+    if any(count < 0 for count in counts):
+        raise BadControl(f"x-standin-choice-tokens must not be negative, got {raw!r}")
+    return counts
 
 
 def _scenarios(raw: str | None) -> frozenset[str]:
@@ -117,4 +134,5 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         created=None if created is None else int(created),
         error_status=400 if status is None else int(status),
         error_after=3 if after is None else int(after),
+        choice_tokens=_choice_tokens(headers.get("x-standin-choice-tokens")),
     )

@@ -135,3 +135,311 @@ async def test_n3_choices_arrive_live_through_the_sidecar(standin_session, sidec
             # held back and released in a burst would show gaps near zero
             gaps = [b - a for a, b in itertools.pairwise(times[1:])]
             assert sum(1 for gap in gaps if gap >= 0.02) * 2 >= len(gaps), gaps
+
+
+# --- Messages, Responses, ragged n > 1, terminal events, first-byte latency (issue #11) ---
+
+MESSAGES = {
+    "model": "Qwen/Qwen2.5-0.5B-Instruct",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "Describe the audit trail"}],
+}
+RESPONSES = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "input": "Describe the audit trail"}
+
+
+async def raw_stream(
+    url: str, body: dict, headers: dict[str, str]
+) -> tuple[float, list[tuple[float, str | None, bytes]]]:
+    """(time the response head arrived, each SSE event as (arrival, event name, data)),
+    all times from the moment the request was sent."""
+    events: list[tuple[float, str | None, bytes]] = []
+    buffer = b""
+    async with aiohttp.ClientSession() as session:
+        start = time.monotonic()
+        async with session.post(url, data=orjson.dumps(body), headers=headers) as response:
+            head_at = time.monotonic() - start
+            assert response.status == 200, await response.read()
+            async for chunk in response.content.iter_any():
+                now = time.monotonic() - start
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    block, buffer = buffer.split(b"\n\n", 1)
+                    name, data = None, b""
+                    for line in block.split(b"\n"):
+                        if line.startswith(b"event: "):
+                            name = line[7:].decode()
+                        elif line.startswith(b"data: "):
+                            data = line[6:]
+                    if data:
+                        events.append((now, name, data))
+    return head_at, events
+
+
+def audit_headers(request_id: str, **extra: str) -> dict[str, str]:
+    return {
+        **AUDIT_HEADERS,
+        "x-request-id": request_id,
+        "content-type": "application/json",
+        **extra,
+    }
+
+
+async def test_messages_stream_with_thinking_is_recorded(sidecar) -> None:
+    request_id = rid()
+    body = {**MESSAGES, "stream": True, "thinking": {"type": "adaptive"}}
+    _, events = await raw_stream(f"{sidecar.url}/v1/messages", body, audit_headers(request_id))
+    names = [name for _, name, _ in events]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+    assert "[DONE]" not in str(names)
+    deltas = [
+        orjson.loads(data)["delta"] for _, name, data in events if name == "content_block_delta"
+    ]
+    text = "".join(d["text"] for d in deltas if d["type"] == "text_delta")
+    thinking = "".join(d["thinking"] for d in deltas if d["type"] == "thinking_delta")
+    assert text and thinking and any(d["type"] == "signature_delta" for d in deltas)
+    usage = orjson.loads(events[-2][2])["usage"]
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["outcome"] == "completed" and record["statusCode"] == 200
+    choice = record["response"]["choices"][0]
+    assert choice["content"] == text and choice["reasoningContent"] == thinking
+    assert choice["finishReason"] == "end_turn"
+    assert record["usage"]["promptTokens"] == usage["input_tokens"]
+    assert record["usage"]["completionTokens"] == usage["output_tokens"] > 0
+
+
+async def test_messages_stream_with_tool_use_is_recorded(sidecar) -> None:
+    request_id = rid()
+    tools = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    body = {**MESSAGES, "stream": True, "tools": tools}
+    headers = audit_headers(request_id, **{"x-standin-scenario": "tool_calls"})
+    _, events = await raw_stream(f"{sidecar.url}/v1/messages", body, headers)
+    starts = [
+        orjson.loads(data)["content_block"]
+        for _, name, data in events
+        if name == "content_block_start"
+    ]
+    assert [block["type"] for block in starts] == ["tool_use", "tool_use"]
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    choice = record["response"]["choices"][0]
+    calls = choice["toolCalls"]
+    assert [call["id"] for call in calls] == [block["id"] for block in starts]
+    assert [call["function"]["name"] for call in calls] == ["get_weather", "get_weather"]
+    for call in calls:
+        assert isinstance(orjson.loads(call["function"]["arguments"]), dict)
+    assert choice["finishReason"] == "tool_use" and record["usage"]["completionTokens"] > 0
+
+
+async def test_messages_not_streamed_is_recorded(sidecar) -> None:
+    request_id = rid()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{sidecar.url}/v1/messages",
+            data=orjson.dumps(MESSAGES),
+            headers=audit_headers(request_id),
+        ) as response,
+    ):
+        assert response.status == 200
+        answer = await response.json()
+    assert answer["type"] == "message" and answer["content"][0]["type"] == "text"
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["response"]["body"] == answer
+    assert record["usage"]["completionTokens"] == answer["usage"]["output_tokens"]
+    assert record["usage"]["promptTokens"] == answer["usage"]["input_tokens"]
+
+
+async def test_responses_stream_is_recorded(sidecar) -> None:
+    request_id = rid()
+    body = {**RESPONSES, "stream": True}
+    _, events = await raw_stream(f"{sidecar.url}/v1/responses", body, audit_headers(request_id))
+    names = [name for _, name, _ in events]
+    assert names[:2] == ["response.created", "response.in_progress"]
+    assert names[-1] == "response.completed"
+    sequence = [orjson.loads(data)["sequence_number"] for _, _, data in events]
+    assert sequence == list(range(len(events)))
+    text = "".join(
+        orjson.loads(data)["delta"]
+        for _, name, data in events
+        if name == "response.output_text.delta"
+    )
+    final = orjson.loads(events[-1][2])["response"]
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    choice = record["response"]["choices"][0]
+    assert choice["content"] == text != ""
+    assert choice["finishReason"] == "completed"
+    assert record["usage"]["promptTokens"] == final["usage"]["input_tokens"]
+    assert record["usage"]["completionTokens"] == final["usage"]["output_tokens"]
+
+
+async def test_responses_stream_cut_by_vllm_is_recorded_with_a_reason(sidecar) -> None:
+    """vLLM drops the connection on a generation error (no error event): the record says so."""
+    request_id = rid()
+    body = {**RESPONSES, "stream": True}
+    headers = audit_headers(request_id, **{"x-standin-scenario": "error_midstream"})
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await raw_stream(f"{sidecar.url}/v1/responses", body, headers)
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["outcome"] != "completed"
+    assert record["error"] and record["error"].get("message")
+
+
+def _choice_events(
+    events: list[tuple[float, str | None, bytes]],
+) -> dict[int, list[tuple[float, dict]]]:
+    per_choice: dict[int, list[tuple[float, dict]]] = {}
+    for at, _, data in events:
+        if data == b"[DONE]":
+            continue
+        chunk = orjson.loads(data)
+        for choice in chunk["choices"]:
+            per_choice.setdefault(choice["index"], []).append((at, chunk))
+    return per_choice
+
+
+async def test_n3_choices_finishing_at_different_steps_arrive_live(
+    standin_session, sidecar
+) -> None:
+    itl = 0.06
+    controls = {
+        "x-standin-itl-ms": str(itl * 1000),
+        "x-standin-choice-tokens": "1,4,8",
+        "x-standin-created": "1700000000",
+    }
+    body = {**CHAT, "stream": True, "n": 3}
+    # A sidecar learns vLLM's fingerprint from its first usage chunk; until then a
+    # terminal chunk is held to the end of its stream (sse.UsageChunkFilter). Warm up.
+    await raw_stream(
+        f"{sidecar.url}/v1/chat/completions", {**CHAT, "stream": True}, audit_headers(rid())
+    )
+    request_id = rid()
+    headers = audit_headers(request_id, **controls)
+    _, proxied = await raw_stream(f"{sidecar.url}/v1/chat/completions", body, headers)
+    _, direct = await raw_stream(f"{standin_session.url}/v1/chat/completions", body, headers)
+    # byte for byte what vLLM sends (the usage chunk the sidecar asked for removed), so
+    # the fingerprint is exactly on each choice's terminal chunk and nowhere else
+    assert [data for _, _, data in proxied] == [data for _, _, data in direct]
+    for _, _, data in proxied[:-1]:
+        chunk = orjson.loads(data)
+        finished = chunk["choices"][0]["finish_reason"] is not None
+        assert ("system_fingerprint" in chunk) == finished
+    finish = {}
+    for events in (proxied, direct):
+        per_choice = _choice_events(events)
+        assert [len(per_choice[i]) for i in range(3)] == [3, 6, 10]  # role + tokens + EOS
+        finish[id(events)] = [per_choice[i][-1][0] for i in range(3)]
+    p_finish, d_finish = finish[id(proxied)], finish[id(direct)]
+    # choice 0 finishes at step 2, choice 1 at step 5, choice 2 at step 9: through the
+    # sidecar each finish arrives when vLLM sent it, not in a burst at the end
+    for earlier, later, steps in ((0, 1, 3), (1, 2, 4)):
+        assert p_finish[later] - p_finish[earlier] > steps * itl * 0.5, p_finish
+        assert d_finish[later] - d_finish[earlier] > steps * itl * 0.5, d_finish
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    choices = record["response"]["choices"]
+    assert [c["finishReason"] for c in choices] == ["stop", "stop", "stop"]
+    assert record["usage"]["completionTokens"] == 2 + 5 + 9
+
+
+async def test_batched_prompts_stream_every_choice_live(standin_session, sidecar) -> None:
+    body = {
+        "model": CHAT["model"],
+        "prompt": ["first prompt", "second prompt"],
+        "n": 2,
+        "stream": True,
+        "max_tokens": 32,
+    }
+    controls = {
+        "x-standin-itl-ms": "50",
+        "x-standin-choice-tokens": "1,6",
+        "x-standin-created": "1700000000",
+    }
+    warm_up = {**body, "prompt": "warm up", "n": 1}
+    await raw_stream(f"{sidecar.url}/v1/completions", warm_up, audit_headers(rid()))
+    request_id = rid()
+    headers = audit_headers(request_id, **controls)
+    _, proxied = await raw_stream(f"{sidecar.url}/v1/completions", body, headers)
+    _, direct = await raw_stream(f"{standin_session.url}/v1/completions", body, headers)
+    assert [data for _, _, data in proxied] == [data for _, _, data in direct]
+    per_choice = _choice_events(proxied)
+    assert sorted(per_choice) == [0, 1, 2, 3]
+    short_done = max(per_choice[i][-1][0] for i in (0, 2))
+    long_done = min(per_choice[i][-1][0] for i in (1, 3))
+    assert long_done - short_done > 3 * 0.05 * 0.5
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert [c["index"] for c in record["response"]["choices"]] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "terminal"),
+    [
+        ("/v1/messages", {**MESSAGES, "stream": True}, "message_stop"),
+        ("/v1/responses", {**RESPONSES, "stream": True}, "response.completed"),
+    ],
+)
+async def test_terminal_event_is_sent_only_after_the_record_is_spooled(
+    standin_session, start_sidecar, path, body, terminal
+) -> None:
+    """SIGKILL the sidecar the moment the client holds the terminal event: the record was
+    on disk already, so the next process on the same spool ships it."""
+    # a flush interval far longer than the test: nothing is shipped before the kill
+    sidecar = start_sidecar(standin_session.url, AUDIT_FLUSH_INTERVAL_S="600")
+    request_id = rid()
+    headers = audit_headers(request_id)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{sidecar.url}{path}", data=orjson.dumps(body), headers=headers) as response,
+    ):
+        received = b""
+        async for chunk in response.content.iter_any():
+            received += chunk
+            if f"event: {terminal}\n".encode() in received and received.endswith(b"\n\n"):
+                sidecar.kill()
+                break
+    assert f"event: {terminal}\n".encode() in received
+    assert sidecar.audit().records == [] or request_id not in sidecar.audit().by_id()
+    sidecar.proc.wait(10)
+    sidecar.restart(AUDIT_FLUSH_INTERVAL_S="0.3")
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["outcome"] == "completed"
+    assert record["response"]["choices"][0]["content"]
+
+
+@pytest.mark.parametrize("ttft", [0.05, 0.0])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**CHAT, "stream": True}),
+        ("/v1/messages", {**MESSAGES, "stream": True}),
+    ],
+)
+async def test_head_and_first_event_are_not_held_for_the_next_token(
+    standin_session, sidecar, path, body, ttft
+) -> None:
+    """vLLM's timing: role + first token together after the TTFT, then ≥ 100 ms until the
+    next token. Through the sidecar the head and the first event must arrive about when
+    they do direct — a hold for the next upstream chunk would add the whole 400 ms. With
+    a TTFT of 0 the head and the first events reach the sidecar in one read, the case
+    where the old relay lost its wake-up (issue #11, item 1)."""
+    itl = 0.4
+    controls = {
+        "x-standin-ttft-ms": str(ttft * 1000),
+        "x-standin-itl-ms": str(itl * 1000),
+        "x-standin-tokens": "3",
+    }
+    direct = []
+    for _ in range(2):
+        url = f"{standin_session.url}{path}"
+        head_at, events = await raw_stream(url, body, audit_headers(rid(), **controls))
+        direct.append((head_at, events[0][0]))
+    # the hold was a race (about one request in two): try several
+    for _ in range(6):
+        url = f"{sidecar.url}{path}"
+        head_at, events = await raw_stream(url, body, audit_headers(rid(), **controls))
+        first = events[0][0]
+        second = next(at for at, _, _ in events if at > first + itl / 2)
+        print(f"{path} ttft {ttft * 1000:.0f} ms: head direct {direct[0][0] * 1000:.1f} ms "
+              f"proxied {head_at * 1000:.1f} ms; first event direct {direct[0][1] * 1000:.1f} ms "
+              f"proxied {first * 1000:.1f} ms")  # fmt: skip
+        # generous bounds: before vLLM sent the second token, whatever the machine's load
+        assert head_at < ttft + itl / 2
+        assert first < ttft + itl / 2
+        assert first < second - itl / 2
