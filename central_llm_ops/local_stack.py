@@ -41,13 +41,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +60,7 @@ from typing import Any, TextIO
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from central_llm_ops.children import Child, python_module
 from central_llm_ops.local_aws import (
     DEFAULT_DLQ,
     DEFAULT_QUEUE,
@@ -159,69 +158,6 @@ def check_child_environment(env: Mapping[str, str]) -> None:
     )
     if leaks or env.get("AWS_ACCESS_KEY_ID") != FAKE_KEY:
         raise UsageError(f"refusing to start: the children would see {leaks or 'real keys'}")
-
-
-# --- one child process ---------------------------------------------------------
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """preexec_fn: SIGTERM this child when the stack dies (Linux), even by SIGKILL."""
-
-    def arm() -> None:
-        if sys.platform == "linux":
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-            if os.getppid() != parent:  # the parent died before prctl
-                os._exit(1)
-
-    return arm
-
-
-class Child:
-    """A child process in its own session with its output in one log file."""
-
-    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], logs: Path) -> None:
-        self.name = name
-        self.log_path = logs / f"{name}.log"
-        self.killed = False
-        with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dict(env),
-                start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def exit_code(self) -> int | None:
-        return self.popen.poll()
-
-    def tail(self, lines: int = 15) -> list[str]:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return []
-        return text.splitlines()[-lines:]
-
-    def stop(self, timeout: float) -> int:
-        """SIGTERM, then SIGKILL of its process group after `timeout`; the exit status."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                return self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-        return self.popen.wait()
-
-    def stopped_cleanly(self) -> bool:
-        return not self.killed and self.popen.returncode in (0, -signal.SIGTERM)
 
 
 # --- readiness ----------------------------------------------------------------
@@ -331,7 +267,14 @@ class Stack:
     ) -> Child:
         env = {**self.env, **(extra or {})}
         check_child_environment(env)
-        child = Child(name, [sys.executable, "-m", *module_args], env, self.logs_dir)
+        child = Child(
+            name,
+            python_module(*module_args),
+            log_dir=self.logs_dir,
+            env=env,
+            inherit_env=False,
+            die_with_parent=True,
+        )
         self.children[name] = child
         self.log.info("child_started", child=name, pid=child.pid, log=str(child.log_path))
         return child

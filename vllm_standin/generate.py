@@ -218,12 +218,12 @@ class PacedStream:
         encode = encoder.event
         for plan in self._plans:
             if position < len(plan.steps):
-                event = encode(plan, position)
-                if type(event) is list:
-                    for piece in event:
+                encoded = encode(plan, position)
+                if isinstance(encoded, list):
+                    for piece in encoded:
                         out.data(piece)
                 else:
-                    out.data(event)  # type: ignore[arg-type]
+                    out.data(encoded)
         self._position = position = position + 1
         if position < self._steps:
             return True

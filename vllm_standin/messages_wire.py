@@ -87,7 +87,7 @@ class MessagesStream:
     def opening(self) -> list[bytes]:
         """`message_start`, built from the role chunk (usage: prompt tokens, 0 output)."""
         head = self._head
-        message = {
+        message: dict[str, object] = {
             "id": head.message_id,
             "type": "message",
             "role": "assistant",
@@ -138,7 +138,12 @@ class MessagesStream:
             events = self._switch("text", {"type": "text", "text": ""})
             return [*events, self._delta({"type": "text_delta", "text": step.text})]
         if kind is Kind.TOOL_START:
-            block = {"type": "tool_use", "id": step.call_id, "name": step.text, "input": {}}
+            block: dict[str, object] = {
+                "type": "tool_use",
+                "id": step.call_id,
+                "name": step.text,
+                "input": {},
+            }
             return self._switch("tool_use", block)
         if kind is Kind.TOOL_ARGS:
             return [self._delta({"type": "input_json_delta", "partial_json": step.text})]

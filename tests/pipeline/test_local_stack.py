@@ -96,7 +96,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Proc, dict[str, Any]]]:
         eventually(summary_path.exists, "stack.json", proc, timeout=90)
         yield proc, json.loads(summary_path.read_text())
     finally:
-        proc.stop(timeout=60)
+        proc.stop(grace_s=60)
 
 
 def test_request_to_s3_to_dynamodb_to_query_then_sigterm_stops_everything(
@@ -209,7 +209,7 @@ def test_upstream_url_replaces_the_standin(
         proc.signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, proc.log()
     finally:
-        proc.stop(timeout=60)
+        proc.stop(grace_s=60)
 
 
 def test_a_child_dying_during_startup_stops_the_others_and_names_it(tmp_path: Path) -> None:
