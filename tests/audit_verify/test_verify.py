@@ -69,8 +69,8 @@ def _s3(sidecar: Sidecar) -> Any:
 
 
 def _keys(sidecar: Sidecar, prefix: str) -> list[str]:
-    pages = _s3(sidecar).get_paginator("list_objects_v2").paginate(
-        Bucket=sidecar.bucket, Prefix=prefix
+    pages = (
+        _s3(sidecar).get_paginator("list_objects_v2").paginate(Bucket=sidecar.bucket, Prefix=prefix)
     )
     return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
