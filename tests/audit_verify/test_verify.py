@@ -12,7 +12,8 @@ could, and runs the verify command as its own process:
   S3 key named;
 - records dropped by the spool-full `drop` policy → tombstoned: exit 0, counted;
 - SIGKILL mid-batch, then a new process on the same spool → exit 0, one writer
-  id, seqs continuing.
+  id, seqs continuing;
+- `--table`: a record whose DynamoDB item is gone → exit 1, its request id named.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ import gzip
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import boto3
 import orjson
+import pytest
 
+from central_llm_ops.audit_verify import item_key
+from central_llm_ops.local_aws import ensure_table
+from llm_audit.ingest import handler
 from sidecar_audit.digest import envelope, sha256_hex
 from tests.faults.load import run_load
 from tests.faults.observe import logged
@@ -309,3 +315,41 @@ async def test_sigkill_mid_batch_then_recovery_still_verifies(
     assert done.returncode == 0, done.stdout + done.stderr
     assert _json(done)["stats"]["records"] == len(records)
     assert writer
+
+
+async def test_a_record_without_its_dynamodb_item_is_named(
+    standin_session: Standin, start_sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ingestion (the Lambda's handler, run here) indexes every object; one item is then
+    deleted: `--table` names its object, line and request id."""
+    sidecar = await _trail(start_sidecar, standin_session, requests=12)
+    table = f"audit-{uuid.uuid4().hex[:8]}"
+    dynamodb = boto3.client("dynamodb", endpoint_url=sidecar.moto_url)
+    ensure_table(dynamodb, table)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", sidecar.moto_url)
+    monkeypatch.setenv("TABLE_NAME", table)
+    for key in _keys(sidecar, "logs/"):
+        event = {
+            "Records": [
+                {
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": sidecar.bucket}, "object": {"key": key}},
+                }
+            ]
+        }
+        handler(event, None)
+    assert _verify(sidecar, "--table", table).returncode == 0
+    record = sidecar.audit().records[5]
+    dynamodb.delete_item(TableName=table, Key=item_keys_as_attributes(record))
+    done = _verify(sidecar, "--table", table, "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    [problem] = _json(done)["problems"]
+    assert problem["kind"] == "item" and problem["requestIds"] == [record["requestId"]]
+    assert problem["key"].startswith("logs/") and "line" in problem["detail"]
+    assert _json(done)["stats"]["itemsMissing"] == 1
+
+
+def item_keys_as_attributes(record: dict[str, Any]) -> dict[str, Any]:
+    key = item_key(record)
+    return {"id": {"S": key["id"]}, "createdAt": {"S": key["createdAt"]}}
