@@ -314,6 +314,29 @@ SETTINGS: tuple[Setting, ...] = (
         "A batch is shipped at the latest this many seconds after its first record.",
     ),
     Setting(
+        "AUDIT_DIGEST_INTERVAL_S",
+        "digest_interval",
+        "300",
+        _non_negative_float,
+        "A signed digest of the shipped objects (keys, SHA-256, seq ranges) is written to "
+        "`<AUDIT_PREFIX>-digest/` at least this often and at shutdown; 0 turns digests off.",
+    ),
+    Setting(
+        "AUDIT_DIGEST_KMS_KEY_ID",
+        "digest_kms_key_id",
+        "",
+        str,
+        "KMS asymmetric key (ECC_NIST_P256, SIGN_VERIFY) that signs the digests.",
+    ),
+    Setting(
+        "AUDIT_DIGEST_SIGNING_KEY_FILE",
+        "digest_signing_key_file",
+        "",
+        str,
+        "Ed25519 private key (PEM) that signs the digests instead of KMS (compose, tests); "
+        "with neither, digests are written unsigned.",
+    ),
+    Setting(
         "AUDIT_SPOOL_DIR",
         "spool_dir",
         "audit-spool",
@@ -438,6 +461,9 @@ class Config:
     batch_max_records: int
     batch_max_bytes: int
     flush_interval: float
+    digest_interval: float
+    digest_kms_key_id: str
+    digest_signing_key_file: str
     spool_dir: Path
     spool_max_bytes: int
     spool_full_policy: str
@@ -456,6 +482,10 @@ class Config:
     redacted_headers: frozenset[str] = field(default=frozenset())
 
     def __post_init__(self) -> None:
+        if self.digest_kms_key_id and self.digest_signing_key_file:
+            raise ConfigError(
+                "AUDIT_DIGEST_KMS_KEY_ID and AUDIT_DIGEST_SIGNING_KEY_FILE: set at most one"
+            )
         names = frozenset(DEFAULT_REDACTED_HEADERS) | frozenset(self.extra_redacted_headers)
         object.__setattr__(self, "redacted_headers", names)
         if self.forward_pooling_routes:

@@ -392,7 +392,7 @@ def salvage(record: Mapping[str, Any], failure: str) -> dict[str, Any]:
             ("x-llm-project", "projectId"),
         )
     }
-    return minimal_record(
+    minimal = minimal_record(
         request_id=scalar(record.get("requestId"), str, "unknown"),
         started_at=_epoch(record.get("timestamp")),
         method=scalar(record.get("method"), str, ""),
@@ -405,6 +405,13 @@ def salvage(record: Mapping[str, Any], failure: str) -> dict[str, Any]:
         response_bytes=scalar(response.get("bytes"), int, None),
         sidecar=_mapping(record.get("sidecar")),
     )
+    for name in ("apiKeyId", "edgeRequestId"):
+        value = record.get(name)
+        minimal[name] = _safe(value) if isinstance(value, str) else None
+    latency = record.get("latencyMs")
+    if isinstance(latency, (int, float)) and not isinstance(latency, bool):
+        minimal["latencyMs"] = round(float(latency), 3) if abs(latency) < 1e15 else None
+    return minimal
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -17,6 +17,9 @@ Invariants:
   is one log line (warning; error when the failure will not heal by itself,
   e.g. NoSuchBucket or AccessDenied). Logs carry keys, counts and error codes,
   never record contents.
+- With a digester (`on_shipped`), a segment's digest entries (key, SHA-256,
+  record count, seq ranges) are journaled and fsynced after S3 confirmed its
+  objects and before the segment is deleted; if that fails, the segment stays.
 - Segments go oldest first, at most `max_concurrent_uploads` at a time; each is
   held under the spool's lease (flock), so no two shippers, in this process or
   another, ship the same segment at once.
@@ -40,12 +43,13 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from .digest import ObjectEntry, object_entry
 from .s3_sink import ObjectSink, SinkError, classify
 from .spool import SegmentContents, SegmentLease, Spool, SpoolError
 from .spool_recovery import Frame
@@ -77,6 +81,19 @@ def build_objects(prefix: str, contents: SegmentContents, per_request: bool) -> 
             for index, frame in enumerate(contents.records)
         ]
     return [batch_object(prefix, contents)]
+
+
+def objects_and_entries(
+    prefix: str, contents: SegmentContents, per_request: bool
+) -> tuple[list[AuditObject], list[ObjectEntry]]:
+    """The segment's objects and, for the digest, each one's key, SHA-256, count and seqs."""
+    objects = build_objects(prefix, contents, per_request)
+    if per_request:
+        payloads = [[frame.payload] for frame in contents.records]
+    else:
+        payloads = [[frame.payload for frame in contents.records]]
+    entries = [object_entry(o.key, o.body, p) for o, p in zip(objects, payloads, strict=True)]
+    return objects, entries
 
 
 def batch_object(prefix: str, contents: SegmentContents) -> AuditObject:
@@ -152,6 +169,7 @@ class Shipper:
         per_request_objects: bool = False,
         max_concurrent_uploads: int = 4,
         on_put: Callable[[float, bool], None] | None = None,
+        on_shipped: Callable[[list[ObjectEntry]], Awaitable[None]] | None = None,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
         rescan_interval_s: float = 5.0,
@@ -163,6 +181,7 @@ class Shipper:
         self._per_request = per_request_objects
         self._max_uploads = max(1, max_concurrent_uploads)
         self._on_put = on_put
+        self._on_shipped = on_shipped
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
         self._rescan_interval_s = rescan_interval_s
@@ -321,10 +340,10 @@ class Shipper:
             try:
                 await self._ship_leased(lease, attempts=None)
                 return True
-            except Exception as exc:  # reading the segment failed: the disk, not S3
+            except Exception as exc:  # reading it or journaling its digest entries failed: the disk
                 attempt += 1
                 log.error(
-                    "audit segment could not be read for shipping",
+                    "audit segment could not be read or journaled for shipping",
                     extra={"segment": stem, "attempt": attempt, "error": repr(exc)},
                 )
             await asyncio.sleep(self._backoff(attempt))
@@ -335,11 +354,14 @@ class Shipper:
             if contents is None:  # nothing valid was left in it; recovery removed it
                 self._spool.release(lease)
                 return
-            objects = await asyncio.to_thread(
-                build_objects, self._prefix, contents, self._per_request
+            objects, entries = await asyncio.to_thread(
+                objects_and_entries, self._prefix, contents, self._per_request
             )
             for obj in objects:
                 await self._put(obj, lease.stem, attempts)
+            if self._on_shipped is not None:
+                # The digest's facts are durable before the segment goes (digester.py).
+                await self._on_shipped(entries)
         except BaseException:
             self._spool.release(lease)
             raise

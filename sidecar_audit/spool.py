@@ -205,6 +205,7 @@ class Spool:
         writer_id: str | None = None,
         wall_clock: Callable[[], float] = time.time,
         fsync: Fsync = os.fsync,
+        sync_also: Callable[[], None] | None = None,
     ) -> None:
         self._dir = Path(directory)
         self._quarantine = self._dir / QUARANTINE_DIR
@@ -216,6 +217,9 @@ class Spool:
         self._writer_id = writer_id or secrets.token_hex(8)
         self._wall_clock = wall_clock
         self._fsync = fsync  # the seam tests use to inject fsync failures
+        # Run on the sync thread after every segment fsync: the writer slot's seq
+        # counter (sequence.py) reaches the disk no later than the records carrying them.
+        self._sync_also = sync_also
         self._next_sequence = 0
         self._active: _Writer | None = None
         self._unsealed: dict[str, _Writer] = {}
@@ -461,6 +465,8 @@ class Spool:
 
     def _sync_job(self, writer: _Writer, size: int) -> None:
         self._counted_fsync(writer.fd)
+        if self._sync_also is not None:
+            self._sync_also()
         if not writer.dir_synced:
             fsync_dir(self._dir, self._counted_fsync)
             writer.dir_synced = True
@@ -468,6 +474,8 @@ class Spool:
 
     def _seal_job(self, writer: _Writer, size: int) -> None:
         self._counted_fsync(writer.fd)
+        if self._sync_also is not None:
+            self._sync_also()
         writer.synced_size = size
         os.rename(writer.path, writer.path.with_suffix(SEALED_SUFFIX))
         fsync_dir(self._dir, self._counted_fsync)
