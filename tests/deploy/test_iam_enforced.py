@@ -311,6 +311,12 @@ def test_sidecar_ships_with_the_task_policy(
         assert new, f"nothing shipped under the task policy:\n{proc.log()[-3000:]}"
         body = enforced.admin.client("s3").get_object(Bucket=AUDIT_BUCKET, Key=new[0])["Body"]
         assert request_id.encode() in _maybe_gunzip(body.read())
+        # SIGTERM: the shipper drains and the writer's last digest goes to <prefix>-digest/.
+        assert proc.stop(grace_s=30) == 0
+        digests = enforced.admin.client("s3").list_objects_v2(
+            Bucket=AUDIT_BUCKET, Prefix=f"{PREFIX}-digest/"
+        )
+        assert digests.get("KeyCount", 0) >= 1, proc.log()[-3000:]
         assert "AccessDenied" not in proc.log()
     finally:
         proc.stop()
@@ -328,6 +334,7 @@ def test_task_policy_cannot_read_delete_or_write_elsewhere(enforced: Enforced) -
     assert _denied(lambda: s3.delete_object(Bucket=AUDIT_BUCKET, Key=key))
     assert _denied(lambda: s3.delete_object(Bucket=AUDIT_BUCKET, Key=key, VersionId=version))
     assert _denied(lambda: s3.put_object(Bucket=AUDIT_BUCKET, Key="elsewhere/x.json", Body=b"{}"))
+    assert _denied(lambda: s3.get_object(Bucket=AUDIT_BUCKET, Key=f"{PREFIX}-digest/x.json"))
     assert _denied(lambda: s3.put_object(Bucket=ARCHIVE_BUCKET, Key=key, Body=b"{}"))
     assert _denied(lambda: s3.list_objects_v2(Bucket=AUDIT_BUCKET))
     assert _denied(lambda: enforced.task.client("dynamodb").scan(TableName=TABLE))
