@@ -137,6 +137,9 @@ def test_ecr_repositories_and_roles(deployed_stack: DeployedStack) -> None:
     if isinstance(document, str):
         # moto keeps a CloudFormation policy as Python's repr of the dict, not JSON.
         document = ast.literal_eval(document)
-    (statement,) = document["Statement"]
-    assert statement["Action"] == "s3:PutObject"
-    assert statement["Resource"] == "arn:aws:s3:::central-llm-audit/logs/*"
+    # Put only: audit objects under the prefix, digests beside it (issue 13); nothing else.
+    assert [s["Action"] for s in document["Statement"]] == ["s3:PutObject", "s3:PutObject"]
+    assert [s["Resource"] for s in document["Statement"]] == [
+        "arn:aws:s3:::central-llm-audit/logs/*",
+        "arn:aws:s3:::central-llm-audit/logs-digest/*",
+    ]

@@ -323,14 +323,20 @@ def test_shipping_alarm_threshold_is_the_sidecar_health_limit() -> None:
     assert _properties("AuditShippingStalledAlarm")["Threshold"] == float(limit.default)
 
 
-def test_task_role_may_only_put_audit_objects() -> None:
+def test_task_role_may_only_put_audit_objects_and_digests() -> None:
     policy = load_json(POLICIES / "ecs-task-audit-writer.json")
-    (statement,) = policy["Statement"]
-    assert statement == {
-        "Sid": statement["Sid"],
+    records, digests = policy["Statement"]
+    assert records == {
+        "Sid": records["Sid"],
         "Effect": "Allow",
         "Action": "s3:PutObject",
         "Resource": "arn:${AWS::Partition}:s3:::${AuditBucketName}/${AuditPrefix}/*",
+    }
+    assert digests == {
+        "Sid": digests["Sid"],
+        "Effect": "Allow",
+        "Action": "s3:PutObject",
+        "Resource": "arn:${AWS::Partition}:s3:::${AuditBucketName}/${AuditPrefix}-digest/*",
     }
 
 

@@ -92,7 +92,7 @@ def test_over_cap_object_goes_through_the_queue_to_the_dlq(stack: Stack, tmp_pat
 
 
 MEASURE = """
-import json, resource, sys
+import json, sys
 from central_llm_ops.ingest_sqs import LocalContext
 from llm_audit.ingest import handler
 event = json.loads(sys.argv[1])
@@ -101,7 +101,10 @@ try:
     error = None
 except Exception as exc:
     error = f"{type(exc).__name__}: {exc}"
-print(json.dumps({"maxRssKiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "error": error}))
+# VmHWM, this process image's own peak: ru_maxrss would also count the pytest process this
+# one was forked from (Linux keeps the pre-exec high-water mark in it).
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"maxRssKiB": hwm, "error": error}))
 """
 
 
