@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from . import errors
 from .capture import BodyCapture, StreamCapture
@@ -469,6 +469,12 @@ class Proxy:
             response.headers.add(name, value)
         if not is_sse and head.content_length is not None:
             response.content_length = head.content_length
+        elif request.version < HttpVersion11:
+            # No chunked coding in HTTP/1.0: this body ends with the connection. aiohttp
+            # omits `Connection: keep-alive` here but keeps the connection open (its
+            # _prepare_headers drops keep-alive only locally), so the client would never
+            # see the end and the next answer would be glued into this one.
+            response.force_close()
         if is_sse:
             capture: BodyCapture | StreamCapture = StreamCapture(
                 self._config.max_recorded_body_bytes, ex.clock
