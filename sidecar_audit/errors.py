@@ -80,6 +80,15 @@ def decoded_body_too_large(limit: int) -> ProxyError:
     )
 
 
+def python_only_json(why: str) -> ProxyError:
+    return ProxyError(
+        400,
+        "unsupported_json",
+        f"The request body uses {why}; send standard JSON (RFC 8259) in UTF-8.",
+        REJECTED,
+    )
+
+
 def body_timeout(seconds: float) -> ProxyError:
     return ProxyError(
         408,

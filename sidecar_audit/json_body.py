@@ -9,7 +9,11 @@ so a 32 MB hostile body would cost the sidecar a gigabyte. Instead:
 - `top_level(body, names)` reads only the named top-level members (msgspec
   skips every other value in C without allocating it; the named ones are small
   in any request vLLM accepts, and one larger than `MAX_MEMBER_BYTES` is left
-  out as if absent);
+  out as if absent — unless it is an object whose own members were named as
+  `nested`: then those are read the same way, so padding cannot hide them);
+- `python_only_json(body)` says why Python's `json.loads` — vLLM's parser —
+  might accept a body that the readers here refuse (a byte order mark,
+  UTF-16/32, NaN/Infinity, a lone surrogate escape);
 - `record_json(body)` validates the body (well-formed JSON, UTF-8, nesting at
   most `MAX_DEPTH`) and returns it as an `orjson.Fragment`, which the record
   encoder copies verbatim: the record holds the client's exact JSON, with no
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -56,11 +60,19 @@ def _member_decoder(names: tuple[str, ...]) -> msgspec.json.Decoder:
 
 
 class TopLevel:
-    """A reader of some top-level members of JSON objects; build once, use per request."""
+    """A reader of some top-level members of JSON objects; build once, use per request.
 
-    def __init__(self, names: Iterable[str]) -> None:
+    `nested` names, for an object member, the members of it to read when the
+    whole member is too large to decode (`{"include_usage": true, "pad": "…"}`).
+    A too-large nested member that is not an object is returned as `OVERSIZED`.
+    """
+
+    def __init__(
+        self, names: Iterable[str], nested: Mapping[str, Iterable[str]] | None = None
+    ) -> None:
         self.names = tuple(names)
         self._decoder = _member_decoder(self.names)
+        self._nested = {name: TopLevel(inner) for name, inner in (nested or {}).items()}
 
     def read(self, body: bytes) -> dict[str, Any] | None:
         """The named members present in `body` (decoded), or None when it is not a JSON object."""
@@ -73,13 +85,41 @@ class TopLevel:
         out: dict[str, Any] = {}
         for name in self.names:
             raw = getattr(members, name)
-            if not raw or len(raw) > MAX_MEMBER_BYTES:
+            if not raw:
+                continue
+            if len(raw) > MAX_MEMBER_BYTES:
+                inner = self._nested.get(name)
+                if inner is not None:
+                    value = inner.read(bytes(raw))
+                    out[name] = OVERSIZED if value is None else value
                 continue
             try:
                 out[name] = orjson.loads(bytes(raw))
             except orjson.JSONDecodeError:  # e.g. a lone surrogate escape
                 continue
         return out
+
+
+OVERSIZED = "<member too large to read>"  # never a valid value of a nested (object) member
+_UTF8_BOM = b"\xef\xbb\xbf"
+_PYTHON_ONLY = re.compile(rb"NaN|Infinity|\\u[dD][89a-fA-F]")
+
+
+def python_only_json(body: bytes) -> str | None:
+    """Why `json.loads(body)` might accept what `TopLevel.read` refused, or None if it cannot.
+
+    Python's `json.loads(bytes)` (Starlette's, hence vLLM's body parser) also
+    takes a UTF-8 BOM, UTF-16/32 (`json.detect_encoding`), the literals NaN and
+    ±Infinity, and surrogate escapes without their pair. An over-approximation
+    meant for bodies `TopLevel.read` could not read: None means json.loads fails too.
+    """
+    if body.startswith(_UTF8_BOM):
+        return "a UTF-8 byte order mark"
+    if 0 in body[:2] or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16 or UTF-32"
+    if _PYTHON_ONLY.search(body):
+        return "NaN, Infinity or a lone surrogate escape"
+    return None
 
 
 def _utf8(data: bytes) -> bool:

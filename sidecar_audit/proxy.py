@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from . import errors
 from .capture import BodyCapture, StreamCapture
@@ -56,7 +56,7 @@ from .headers import (
     recorded_query,
     upstream_request_headers,
 )
-from .json_body import TopLevel, record_json, set_member
+from .json_body import TopLevel, python_only_json, record_json, set_member
 from .record import (
     BodyFacts,
     Identity,
@@ -66,7 +66,7 @@ from .record import (
     minimal_record,
     usage_view,
 )
-from .routing import path_allowed, usage_options_to_send, will_stream
+from .routing import GENERATION_PATHS, path_allowed, usage_options_to_send, will_stream
 from .sse import FingerprintMemo, TerminalDetector, UsageChunkFilter, terminal_detector
 from .upstream import ClientGone, Connection, UpstreamError, UpstreamPool, Wake
 
@@ -76,6 +76,8 @@ _READ_SIZE = 64 * 1024
 _DONE_EVENT = b"data: [DONE]\n\n"
 # The request members the proxy reads (json_body.TopLevel); nothing else is parsed.
 REQUEST_MEMBERS = ("model", "stream", "stream_options", "n")
+# Read inside a stream_options member too large to decode whole (padding cannot hide them).
+_NESTED_MEMBERS = {"stream_options": ("include_usage", "continuous_usage_stats")}
 _RESPONSE_MEMBERS = ("model", "usage")
 
 
@@ -281,7 +283,7 @@ class Proxy:
         self._admit = admit
         self._on_finished = on_finished
         self._redaction = Redaction(config.redacted_headers, config.redact_name_patterns)
-        self._members = TopLevel(REQUEST_MEMBERS)
+        self._members = TopLevel(REQUEST_MEMBERS, _NESTED_MEMBERS)
         self._fingerprints = FingerprintMemo()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -319,9 +321,9 @@ class Proxy:
             self._check(request, ex)
             ex.body = await self._read_body(request)
             self._check_encoding(ex)
+            body = self._upstream_body(ex)
         except errors.ProxyError as err:
             return self._reject(ex, err)
-        body = self._upstream_body(ex)
         headers = upstream_request_headers(ex.headers_in, ex.request_id)
         ex.headers_sent = headers
         ex.upstream_started = ex.clock()
@@ -383,10 +385,18 @@ class Proxy:
             raise errors.decoded_body_too_large(limit)
 
     def _upstream_body(self, ex: Exchange) -> bytes:
-        """The bytes vLLM gets: the client's, with usage asked for when the sidecar needs it."""
-        if _header(ex.headers_in, "content-encoding") is not None:
-            return ex.body  # forwarded exactly as encoded; vLLM judges it
+        """The bytes vLLM gets: the client's, with usage asked for when the sidecar needs it.
+
+        Read as vLLM reads them: vLLM never undoes a Content-Encoding (a plain body
+        labelled gzip is run as plain JSON; a real gzip body fails to parse here and
+        there alike). A body vLLM's json.loads may accept but this reader cannot is
+        refused on the paths whose usage the sidecar must ask for.
+        """
         ex.members = self._members.read(ex.body)
+        if ex.members is None and ex.body and ex.path in GENERATION_PATHS:
+            why = python_only_json(ex.body)
+            if why is not None:
+                raise errors.python_only_json(why)
         options = usage_options_to_send(ex.path, ex.members)
         if options is None:
             return ex.body
@@ -429,6 +439,12 @@ class Proxy:
             response.headers.add(name, value)
         if not is_sse and head.content_length is not None:
             response.content_length = head.content_length
+        elif request.version < HttpVersion11:
+            # No chunked coding in HTTP/1.0: this body ends with the connection. aiohttp
+            # omits `Connection: keep-alive` here but keeps the connection open (its
+            # _prepare_headers drops keep-alive only locally), so the client would never
+            # see the end and the next answer would be glued into this one.
+            response.force_close()
         if is_sse:
             capture: BodyCapture | StreamCapture = StreamCapture(
                 self._config.max_recorded_body_bytes, ex.clock

@@ -7,9 +7,10 @@ Every function is total: malformed bodies become text, never an exception.
 
 from __future__ import annotations
 
+import codecs
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,6 +93,15 @@ def inflates_beyond(data: bytes, encoding: str, limit: int) -> bool:
     except zlib.error:
         return False
     return False
+
+
+def _is_text(data: bytes) -> bool:
+    """UTF-8 throughout, allowing a character cut at the end (a truncated head)."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 _TEXTUAL_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded", "+json")
@@ -188,7 +198,8 @@ def body_view(facts: BodyFacts, limit: int) -> dict[str, Any]:
     each file; other binary types (audio, images, octet streams) are recorded
     as null with their size and digest. A compressed body is inflated for the
     record (at most `limit` bytes, from as much of it as was kept); one that
-    cannot be inflated is recorded as null, with its size and digest.
+    cannot be inflated is recorded as it came when it is UTF-8 text (vLLM parses
+    the bytes as sent), else as null.
     """
     truncated = facts.size > limit
     head = facts.head[:limit]
@@ -196,14 +207,17 @@ def body_view(facts: BodyFacts, limit: int) -> dict[str, Any]:
     if encoding != "identity":
         inflated = _inflate(head, encoding, limit)
         if inflated is None:
-            return {
+            view: dict[str, Any] = {
                 "body": None,
                 "bytes": facts.size,
                 "sha256": facts.sha256,
                 "truncated": truncated,
-                "contentEncoding": encoding,
-                "decoded": False,
             }
+            if _is_text(head):
+                # vLLM never undoes a Content-Encoding: it parsed these very bytes (a plain
+                # prompt labelled `br` or `gzip` runs), so text is the record's body.
+                view = body_view(replace(facts, content_encoding=None, parsed=None), limit)
+            return {**view, "contentEncoding": encoding, "decoded": False}
         head, cut = inflated
         return {
             "body": _parsed(head, facts.content_type, truncated or cut),
