@@ -50,6 +50,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 
+
 def one_two_five(limit: int) -> tuple[float, ...]:
     """vLLM's `build_1_2_5_buckets`: 1, 2, 5, 10, 20, 50, ... up to `limit`."""
     buckets: list[float] = []

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -94,14 +95,10 @@ async def test_emf_line_carries_requests_errors_and_a_ttft_distribution(
     deadline = time.monotonic() + 20
     lines: list[dict[str, object]] = []
     while time.monotonic() < deadline:
-        lines = [
-            json.loads(line)
-            for line in sidecar.log_lines()
-            if '"inference metrics"' in line
-        ]
+        lines = [json.loads(line) for line in sidecar.log_lines() if '"inference metrics"' in line]
         if sum(float(str(line["InferenceRequests"])) for line in lines) >= 5:
             break
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
     assert sum(float(str(line["InferenceRequests"])) for line in lines) == 5
     assert all(line["InferenceErrors"] == 0 for line in lines)  # a 404 is the client's error
     counts = 0.0
