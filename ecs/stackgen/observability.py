@@ -349,37 +349,24 @@ def _gpu_daemon() -> dict[str, Json]:
     }
 
 
-def _metrics_write_statements() -> list[Json]:
-    statements: list[Json] = [
-        {
-            "Sid": "WriteEmfMetrics",
-            "Effect": "Allow",
-            "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-            "Resource": sub(
-                "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}"
-                ":log-group:${MetricsLogGroup}:*"
-            ),
-        },
-        {
-            "Fn::If": [
-                "HasRemoteWrite",
-                {
-                    "Sid": "RemoteWriteToManagedPrometheus",
-                    "Effect": "Allow",
-                    "Action": "aps:RemoteWrite",
-                    "Resource": sub(
-                        "arn:${AWS::Partition}:aps:${AWS::Region}:${AWS::AccountId}:workspace/*"
-                    ),
-                },
-                ref("AWS::NoValue"),
-            ]
-        },
-    ]
-    return statements
+def _emf_policy() -> Json:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "WriteEmfMetrics",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                "Resource": sub(
+                    "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}"
+                    ":log-group:${MetricsLogGroup}:*"
+                ),
+            }
+        ],
+    }
 
 
 def _roles() -> dict[str, Json]:
-    document = {"Version": "2012-10-17", "Statement": _metrics_write_statements()}
     return {
         # The collector shares the service task's role (ECS has one role per task).
         "TaskMetricsPolicy": {
@@ -387,7 +374,29 @@ def _roles() -> dict[str, Json]:
             "Properties": {
                 "PolicyName": "task-metrics-writer",
                 "Roles": [ref("TaskRole")],
-                "PolicyDocument": document,
+                "PolicyDocument": _emf_policy(),
+            },
+        },
+        "MetricsRemoteWritePolicy": {
+            "Type": "AWS::IAM::Policy",
+            "Condition": "HasRemoteWrite",
+            "Properties": {
+                "PolicyName": "metrics-remote-write",
+                "Roles": [ref("TaskRole"), ref("MetricsTaskRole")],
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "RemoteWriteToManagedPrometheus",
+                            "Effect": "Allow",
+                            "Action": "aps:RemoteWrite",
+                            "Resource": sub(
+                                "arn:${AWS::Partition}:aps:${AWS::Region}:${AWS::AccountId}"
+                                ":workspace/*"
+                            ),
+                        }
+                    ],
+                },
             },
         },
         "MetricsTaskRole": {
@@ -406,7 +415,7 @@ def _roles() -> dict[str, Json]:
                         }
                     ],
                 },
-                "Policies": [{"PolicyName": "gpu-metrics-writer", "PolicyDocument": document}],
+                "Policies": [{"PolicyName": "gpu-metrics-writer", "PolicyDocument": _emf_policy()}],
             },
         },
     }

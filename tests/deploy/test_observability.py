@@ -252,3 +252,23 @@ def test_task_collector_is_not_essential_and_the_gpu_exporter_is_a_daemon() -> N
     dcgm = gpu_task["ContainerDefinitions"][0]
     assert "ResourceRequirements" not in dcgm  # reserving a GPU would take it from vLLM
     assert {"Name": "NVIDIA_VISIBLE_DEVICES", "Value": "all"} in dcgm["Environment"]
+
+
+def test_scaling_tracks_waiting_requests_per_task() -> None:
+    """moto creates no Application Auto Scaling resources from a template: checked here."""
+    resources = render_template(load_sources(ROOT))["Resources"]
+    target = resources["ServiceScalableTarget"]["Properties"]
+    assert target["ScalableDimension"] == "ecs:service:DesiredCount"
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (
+        {"Ref": "ScalingMinTasks"},
+        {"Ref": "ScalingMaxTasks"},
+    )
+    policy = resources["ServiceWaitingRequestsScaling"]["Properties"]
+    config = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert config["TargetValue"] == {"Ref": "ScalingWaitingPerTask"}
+    metric = config["CustomizedMetricSpecification"]
+    assert (metric["Namespace"], metric["MetricName"], metric["Statistic"]) == (
+        INFERENCE_NAMESPACE,
+        "llm_engine_requests_waiting",
+        "Average",
+    )
