@@ -45,7 +45,7 @@ def build_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.max_request_body_bytes)
     app[CONFIG] = config
     app[EXIT_CODE] = [0]
-    app[METRICS] = Metrics(lambda: app[TRAIL].snapshot())
+    app[METRICS] = Metrics(lambda: app[TRAIL].snapshot(), config.metrics_models)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_audit_trail)
     app.cleanup_ctx.append(_proxy)
@@ -120,6 +120,14 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
             done.ttft_s,
             done.overhead_s,
             usage.get("promptTokens"),
+            usage.get("completionTokens"),
+        )
+        metrics.observe_inference(
+            done.path,
+            done.record.get("model"),
+            done.outcome,
+            done.latency_s,
+            done.ttft_s,
             usage.get("completionTokens"),
         )
         log.info(
@@ -210,6 +218,9 @@ async def _emf_reporter(app: web.Application) -> AsyncIterator[None]:
             shipped = snapshot.records_shipped - shipped_before
             shipped_before = snapshot.records_shipped
             log.info("audit metrics", extra=emf_fields(snapshot, config.service_name, shipped))
+            inference = app[METRICS].inference_emf(config.service_name)
+            if inference is not None:
+                log.info("inference metrics", extra=inference)
 
     task = asyncio.create_task(report())
     try:

@@ -110,6 +110,13 @@ def _name_fragments(raw: str) -> tuple[str, ...]:
     return fragments
 
 
+def _model_ids(raw: str) -> frozenset[str]:
+    ids = frozenset(m.strip() for m in raw.split(",") if m.strip())
+    if len(ids) > 32:
+        raise ValueError("at most 32 model ids (each is a label value on every inference series)")
+    return ids
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -395,6 +402,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Prometheus metrics port (never the public port); 0 turns it off.",
     ),
     Setting(
+        "METRICS_MODELS",
+        "metrics_models",
+        "",
+        _model_ids,
+        "Model ids (as clients send `model`) that get their own `model` label on the "
+        "inference histograms, comma-separated; every other model is labelled `other`, so "
+        "a client cannot grow the label set.",
+    ),
+    Setting(
         "HEALTH_MAX_SPOOL_BYTES",
         "health_max_spool_bytes",
         "805306368",
@@ -473,6 +489,7 @@ class Config:
     shutdown_ship: float
     metrics_host: str
     metrics_port: int
+    metrics_models: frozenset[str]
     health_max_spool_bytes: int
     health_max_ship_lag: float
     emf_interval: float

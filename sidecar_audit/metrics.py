@@ -1,6 +1,12 @@
 """Prometheus metrics, served on their own port (never the public :8000).
 
 Per-request metrics are observed once, when an exchange ends (never per chunk).
+The inference histograms (`llm_inference_*`: TTFT, inter-token latency,
+end-to-end latency, output tokens per second) cover the generating routes
+only and are labelled by `model`, `route` and `outcome`, each from a closed
+set: the configured model ids (`METRICS_MODELS`) plus `other`, the
+generating routes, the proxy's outcomes. User, project and request ids are
+never labels.
 The audit path's numbers (spool, shipping) are read from a snapshot at scrape
 time by a custom collector, so the spool and shipper keep plain counters and
 need no Prometheus code. Every metric lives in the app's own registry: nothing
@@ -9,7 +15,8 @@ global, two apps in one process do not collide.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -32,14 +39,53 @@ KNOWN_PATHS = frozenset(
         "/version",
     }
 )
+# Routes that generate tokens: the inference histograms' `route` label.
+GENERATION_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
+)
+OTHER = "other"
+EMF_NAMESPACE = "CentralLLM/Inference"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+# vLLM 0.33's inter-token buckets (vllm/v1/metrics/buckets.py), so both views line up.
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 10, 20)
+TOKENS_PER_S_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000)
 PUT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 def path_label(path: str) -> str:
-    return path if path in KNOWN_PATHS else "other"
+    return path if path in KNOWN_PATHS else OTHER
+
+
+def model_label(model: object, known: frozenset[str]) -> str:
+    return model if isinstance(model, str) and model in known else OTHER
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One generating exchange's timings as the audit path saw them.
+
+    Inter-token latency is the stream's mean gap: (end - first token) /
+    (completion tokens - 1). The end is the exchange's end: vLLM sends the
+    usage chunk and `[DONE]` in the same step as the last token, so the
+    difference is the sidecar's own write time. Tokens per second are the
+    completion tokens over the whole request (what the client experienced).
+    """
+
+    ttft_s: float | None
+    itl_s: float | None
+    latency_s: float
+    tokens_per_s: float | None
+
+    @classmethod
+    def of(cls, latency_s: float, ttft_s: float | None, completion_tokens: int | None) -> Inference:
+        tokens = completion_tokens or 0
+        itl = None
+        if ttft_s is not None and tokens >= 2 and latency_s > ttft_s:
+            itl = (latency_s - ttft_s) / (tokens - 1)
+        rate = tokens / latency_s if tokens > 0 and latency_s > 0 else None
+        return cls(ttft_s, itl, latency_s, rate)
 
 
 @dataclass(frozen=True)
@@ -114,8 +160,116 @@ class _AuditCollector:
             yield gauge
 
 
+class _InferenceHistograms:
+    """The four `llm_inference_*` histograms; labelled children cached per label triple."""
+
+    LABELS = ("model", "route", "outcome")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, self.LABELS, buckets=buckets, registry=registry)
+
+        self._families = (
+            histogram(
+                "llm_inference_time_to_first_token_seconds",
+                "Request start to the first output token (streams).",
+                TTFT_BUCKETS,
+            ),
+            histogram(
+                "llm_inference_inter_token_latency_seconds",
+                "Mean gap between output tokens of a stream.",
+                ITL_BUCKETS,
+            ),
+            histogram(
+                "llm_inference_e2e_latency_seconds",
+                "Request start to last byte of a generating request.",
+                LATENCY_BUCKETS,
+            ),
+            histogram(
+                "llm_inference_output_tokens_per_second",
+                "Completion tokens over the request's whole duration.",
+                TOKENS_PER_S_BUCKETS,
+            ),
+        )
+        self._children: dict[tuple[str, str, str], tuple[Histogram, ...]] = {}
+
+    def observe(self, labels: tuple[str, str, str], timing: Inference) -> None:
+        children = self._children.get(labels)
+        if children is None:
+            children = tuple(family.labels(*labels) for family in self._families)
+            self._children[labels] = children
+        ttft, itl, e2e, rate = children
+        e2e.observe(timing.latency_s)
+        if timing.ttft_s is not None:
+            ttft.observe(timing.ttft_s)
+        if timing.itl_s is not None:
+            itl.observe(timing.itl_s)
+        if timing.tokens_per_s is not None:
+            rate.observe(timing.tokens_per_s)
+
+
+ERROR_OUTCOMES = frozenset({"upstream_error", "upstream_timeout", "sidecar_error"})
+
+
+def is_error(status: str, outcome: str) -> bool:
+    """A failure of the service (not the client's): a 5xx, or the upstream or we failed."""
+    return status.startswith("5") or outcome in ERROR_OUTCOMES
+
+
+@dataclass
+class _Totals:
+    """Cumulative figures of the inference histograms at one EMF report."""
+
+    ttft_buckets: dict[float, float]
+    requests: float
+    errors: float
+
+
+def _inference_totals(registry_metrics: Iterable[Metric]) -> _Totals:
+    buckets: dict[float, float] = {}
+    requests = errors = 0.0
+    for family in registry_metrics:
+        for sample in family.samples:
+            if sample.name == "llm_inference_time_to_first_token_seconds_bucket":
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+            elif (
+                sample.name == "llm_sidecar_requests_total"
+                and sample.labels["path"] in GENERATION_PATHS
+            ):
+                requests += sample.value
+                if is_error(sample.labels["status"], sample.labels["outcome"]):
+                    errors += sample.value
+    return _Totals(buckets, requests, errors)
+
+
+def ttft_distribution(
+    before: dict[float, float], now: dict[float, float]
+) -> tuple[list[float], list[float]]:
+    """EMF `Values`/`Counts` of the TTFTs observed between two cumulative snapshots:
+    each bucket's count at its upper bound (the last finite bound for +Inf), so
+    CloudWatch's percentiles are the histogram's, at bucket resolution."""
+    values: list[float] = []
+    counts: list[float] = []
+    previous = 0.0
+    finite = max((le for le in now if le != float("inf")), default=0.0)
+    for le in sorted(now):
+        cumulative = now[le] - before.get(le, 0.0)
+        in_bucket = cumulative - previous
+        previous = cumulative
+        if in_bucket > 0:
+            values.append(finite if le == float("inf") else le)
+            counts.append(in_bucket)
+    return values, counts
+
+
 class Metrics:
-    def __init__(self, audit_snapshot: Callable[[], AuditSnapshot]) -> None:
+    def __init__(
+        self,
+        audit_snapshot: Callable[[], AuditSnapshot],
+        models: frozenset[str] = frozenset(),
+    ) -> None:
+        self.models = models
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "llm_sidecar_requests",
@@ -160,6 +314,8 @@ class Metrics:
             buckets=PUT_BUCKETS,
             registry=r,
         )
+        self.inference = _InferenceHistograms(r)
+        self._reported = _Totals({}, 0.0, 0.0)
         r.register(_AuditCollector(audit_snapshot))
 
     def observe_exchange(
@@ -184,6 +340,54 @@ class Metrics:
             self.tokens.labels("prompt").inc(prompt_tokens)
         if completion_tokens:
             self.tokens.labels("completion").inc(completion_tokens)
+
+    def observe_inference(
+        self,
+        path: str,
+        model: object,
+        outcome: str,
+        latency_s: float,
+        ttft_s: float | None,
+        completion_tokens: int | None,
+    ) -> None:
+        """The inference histograms, for generating routes only."""
+        if path not in GENERATION_PATHS:
+            return
+        labels = (model_label(model, self.models), path, outcome)
+        self.inference.observe(labels, Inference.of(latency_s, ttft_s, completion_tokens))
+
+    def inference_emf(self, service_name: str) -> dict[str, object] | None:
+        """One EMF line with this interval's inference figures (the TTFT p99 and
+        error-rate alarms read them); None when nothing was served since the last."""
+        now = _inference_totals(
+            m
+            for m in self.registry.collect()
+            if m.name in ("llm_inference_time_to_first_token_seconds", "llm_sidecar_requests")
+        )
+        before, self._reported = self._reported, now
+        requests = now.requests - before.requests
+        if requests <= 0:
+            return None
+        values, counts = ttft_distribution(before.ttft_buckets, now.ttft_buckets)
+        metrics: list[dict[str, str]] = [
+            {"Name": "InferenceRequests", "Unit": "Count"},
+            {"Name": "InferenceErrors", "Unit": "Count"},
+        ]
+        line: dict[str, object] = {
+            "ServiceName": service_name,
+            "InferenceRequests": requests,
+            "InferenceErrors": now.errors - before.errors,
+        }
+        if values:
+            metrics.append({"Name": "TimeToFirstToken", "Unit": "Seconds"})
+            line["TimeToFirstToken"] = {"Values": values, "Counts": counts}
+        line["_aws"] = {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [
+                {"Namespace": EMF_NAMESPACE, "Dimensions": [["ServiceName"]], "Metrics": metrics}
+            ],
+        }
+        return line
 
     def observe_put(self, seconds: float, ok: bool) -> None:
         self.put_latency.labels("ok" if ok else "error").observe(seconds)

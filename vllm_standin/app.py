@@ -15,7 +15,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from vllm_standin import basic_routes, observe
+from vllm_standin import basic_routes, metrics, observe
 from vllm_standin.errors import detail_body
 from vllm_standin.journal import ABORTED, COMPLETED
 from vllm_standin.options import StandinOptions
@@ -77,4 +77,5 @@ def build_app(options: StandinOptions) -> web.Application:
     app.on_response_prepare.append(_stamp_headers)
     app.add_routes(basic_routes.routes())
     app.add_routes(observe.routes())
+    metrics.install(app)
     return app

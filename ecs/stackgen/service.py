@@ -1,7 +1,8 @@
 """The ECS service: image repositories, roles, task definition, cluster, service and NLB.
 
 The task definition is `ecs/task-definition.json` converted to CloudFormation's
-spelling, nothing added. The GPU hosts come from the capacity provider
+spelling, plus the non-essential metrics collector and DataDog labels of
+observability.py. The GPU hosts come from the capacity provider
 (capacity.py); the service places its task through the provider's strategy.
 
 The NLB is internal, has its own security group and takes traffic only from
@@ -24,6 +25,7 @@ from typing import Any
 
 from ecs.stackgen.cfn import Json, pascal_keys, ref, sub, substitute, tags
 from ecs.stackgen.edge import LONGEST_GENERATION_S
+from ecs.stackgen.observability import observe_task_definition
 
 SIDECAR_CONTAINER = "audit-sidecar"
 SIDECAR_PORT = 8000
@@ -326,7 +328,7 @@ def service_resources(
         "TaskDefinition": {
             "Type": "AWS::ECS::TaskDefinition",
             "DependsOn": ["ServiceLogGroup", "VllmRepository", "SidecarRepository"],
-            "Properties": pascal_keys(substitute(task_definition)),
+            "Properties": observe_task_definition(pascal_keys(substitute(task_definition))),
         },
         **_hosts(),
         **_networking(task_definition),

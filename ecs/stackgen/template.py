@@ -9,6 +9,11 @@ from ecs.stackgen.capacity import capacity_parameters, capacity_resources
 from ecs.stackgen.cfn import Json, get_att, placeholders, ref, sub
 from ecs.stackgen.edge import edge_conditions, edge_outputs, edge_parameters, edge_resources
 from ecs.stackgen.ingest import ingest_resources
+from ecs.stackgen.observability import (
+    observability_conditions,
+    observability_parameters,
+    observability_resources,
+)
 from ecs.stackgen.operators import operator_resources
 from ecs.stackgen.service import service_resources
 from ecs.stackgen.sources import Sources
@@ -114,6 +119,7 @@ def parameters(table_name: str) -> dict[str, Json]:
         },
         **capacity_parameters(),
         **edge_parameters(),
+        **observability_parameters(),
     }
 
 
@@ -174,6 +180,7 @@ def render_template(sources: Sources) -> dict[str, Any]:
         **operator_resources(sources.reader_policy),
         **capacity_resources(),
         **edge_resources(),
+        **observability_resources(),
     }
     template: dict[str, Any] = {
         "AWSTemplateFormatVersion": "2010-09-09",
@@ -186,6 +193,7 @@ def render_template(sources: Sources) -> dict[str, Any]:
                 "Fn::Not": [{"Fn::Equals": [ref("DockerHubCredentialArn"), ""]}]
             },
             **edge_conditions(),
+            **observability_conditions(),
         },
         "Resources": resources,
         "Outputs": {**outputs(), **edge_outputs()},

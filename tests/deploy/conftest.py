@@ -48,7 +48,10 @@ def deploy_moto(proc_log_dir: Path) -> Iterator[str]:
         log_dir=proc_log_dir,
         env=AWS_TEST_ENV,
     )
-    url = f"http://127.0.0.1:{port}"
+    # `localhost`, not the address: a template above CloudFormation's inline limit
+    # (51,200 bytes) travels through S3 (deploy-stack.sh), and moto finds a
+    # TemplateURL's bucket in the URL's path only when the host is `localhost`.
+    url = f"http://localhost:{port}"
     try:
         wait_http(f"{url}/moto-api/", proc)
         yield url

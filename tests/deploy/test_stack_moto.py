@@ -100,7 +100,9 @@ def test_ecs_service_and_task_definition(deployed_stack: DeployedStack) -> None:
     assert service["desiredCount"] == 1
     task = ecs.describe_task_definition(taskDefinition="central-llm-service")["taskDefinition"]
     containers = {c["name"]: c for c in task["containerDefinitions"]}
-    assert set(containers) == {"vllm", "audit-sidecar"}
+    assert set(containers) == {"vllm", "audit-sidecar", "otel-collector"}
+    assert containers["otel-collector"]["essential"] is False  # metrics never stop serving
+    assert "resourceRequirements" not in containers["otel-collector"]
     sidecar = containers["audit-sidecar"]
     assert sidecar["dependsOn"] == [{"containerName": "vllm", "condition": "HEALTHY"}]
     assert sidecar["image"].endswith("/central-llm-sidecar:git-0123456789ab")
@@ -108,6 +110,11 @@ def test_ecs_service_and_task_definition(deployed_stack: DeployedStack) -> None:
     assert containers["vllm"]["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
     (volume,) = task["volumes"]
     assert volume["dockerVolumeConfiguration"]["scope"] == "shared"
+    (daemon,) = ecs.describe_services(
+        cluster="central-llm-service-cluster", services=["central-llm-service-gpu-metrics"]
+    )["services"]
+    # moto reports every service as REPLICA; test_observability.py pins DAEMON on the template.
+    assert daemon["taskDefinition"].split("/")[-1].startswith("central-llm-service-gpu-metrics:")
 
 
 def test_target_group_health_check(deployed_stack: DeployedStack) -> None:

@@ -75,7 +75,17 @@ def test_check_fails_when_a_source_changes(tmp_path: Path) -> None:
 
 
 def test_task_definition_in_template_is_the_json_file() -> None:
-    assert _properties("TaskDefinition") == pascal_keys(substitute(task_definition()))
+    """The file's task definition, plus only the non-essential collector (last) and the
+    sidecar's DataDog labels (docs/observability.md)."""
+    rendered = dict(_properties("TaskDefinition"))
+    containers = [dict(c) for c in rendered.pop("ContainerDefinitions")]
+    collector = containers.pop()
+    assert collector["Name"] == "otel-collector" and collector["Essential"] is False
+    for container in containers:
+        labels = container.pop("DockerLabels", None)
+        assert labels is None or labels["Fn::If"][0] == "HasDataDog"
+    expected = pascal_keys(substitute(task_definition()))
+    assert {**rendered, "ContainerDefinitions": containers} == expected
 
 
 @pytest.mark.parametrize(
@@ -260,7 +270,14 @@ def test_service_runs_the_task_behind_the_nlb_with_a_circuit_breaker() -> None:
 def test_only_the_nlb_reaches_the_sidecar_port() -> None:
     assert "SecurityGroupIngress" not in _properties("TaskSecurityGroup")
     ingress = resources("AWS::EC2::SecurityGroupIngress")
-    assert set(ingress) == {"TaskIngressFromLoadBalancer"}
+    # Besides the NLB's rule, only DataDog's metrics ports from the hosts, when enabled.
+    metrics = {name for name in ingress if name != "TaskIngressFromLoadBalancer"}
+    for name in metrics:
+        body = ingress[name]
+        assert body["Condition"] == "HasDataDog"
+        assert body["Properties"]["SourceSecurityGroupId"] == {"Ref": "InstanceSecurityGroup"}
+        assert body["Properties"]["FromPort"] == body["Properties"]["ToPort"] in (9464, 9465)
+    assert set(ingress) - metrics == {"TaskIngressFromLoadBalancer"}
     rule = ingress["TaskIngressFromLoadBalancer"]["Properties"]
     assert rule["GroupId"] == {"Ref": "TaskSecurityGroup"}
     assert (rule["FromPort"], rule["ToPort"], rule["IpProtocol"]) == (8000, 8000, "tcp")
