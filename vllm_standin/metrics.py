@@ -157,7 +157,8 @@ def _stream_tokens(events: int, body: bytes, chat: bool) -> int:
         return 0
     if not isinstance(request, dict):
         return 0
-    n = request.get("n") if isinstance(request.get("n"), int) else 1
+    requested = request.get("n")
+    n = requested if isinstance(requested, int) else 1
     options = request.get("stream_options")
     usage = isinstance(options, dict) and options.get("include_usage") is True
     return max(events - 1 - (n if chat else 0) - (1 if usage else 0), 0)
