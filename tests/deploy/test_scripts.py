@@ -52,7 +52,9 @@ def test_shellcheck_is_clean() -> None:
     files = [
         *SCRIPT_FILES,
         SCRIPTS / "lib" / "common.sh",
+        SCRIPTS / "lib" / "venv.sh",
         SCRIPTS / "test",
+        SCRIPTS / "local-stack",
         ROOT / ".ci" / "run",
         ROOT / "vllm_engine" / "entrypoint.sh",
     ]
