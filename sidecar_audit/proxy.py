@@ -78,7 +78,16 @@ _DONE_EVENT = b"data: [DONE]\n\n"
 REQUEST_MEMBERS = ("model", "stream", "stream_options", "n")
 # Read inside a stream_options member too large to decode whole (padding cannot hide them).
 _NESTED_MEMBERS = {"stream_options": ("include_usage", "continuous_usage_stats")}
-_RESPONSE_MEMBERS = ("model", "usage")
+_RESPONSE_MEMBERS = ("model", "usage", "system_fingerprint")
+_ERROR_MEMBERS = ("error", "message")
+
+
+@dataclass(frozen=True)
+class Readers:
+    """The JSON member readers of answers, built once per proxy (each is a compiled decoder)."""
+
+    response: TopLevel
+    error: TopLevel
 
 
 @dataclass
@@ -117,6 +126,9 @@ class Exchange:
         self.body = b""
         self.members: dict[str, Any] | None = None
         self.usage_added = False
+        self.fingerprint: tuple[Any] | None = (
+            None  # vLLM's system_fingerprint, if the answer had one
+        )
         self.facts = errors.Facts()
         self.response_headers: list[tuple[str, str]] = []
         self.capture: BodyCapture | StreamCapture | None = None
@@ -125,7 +137,9 @@ class Exchange:
         self.upstream_started: float | None = None
         self.finished = False
 
-    def build(self, config: Config, identity: Identity, redaction: Redaction) -> Finished:
+    def build(
+        self, config: Config, identity: Identity, redaction: Redaction, readers: Readers
+    ) -> Finished:
         ended = self.clock()
         limit = config.max_recorded_body_bytes
         request_view = body_view(self._request_facts(limit), limit)
@@ -149,14 +163,16 @@ class Exchange:
             response_view = body_view(body_facts, limit)
             status_head = body_facts.head
             if not response_view["truncated"] and body_facts.content_encoding is None:
-                members = TopLevel(_RESPONSE_MEMBERS).read(body_facts.head) or {}
+                members = readers.response.read(body_facts.head) or {}
                 usage = members.get("usage")
                 model = _text(members, "model") or model
+                if facts.status == 200 and "system_fingerprint" in members:
+                    self.fingerprint = (members["system_fingerprint"],)
         else:
             response_view = {"body": None, "bytes": 0, "sha256": None, "truncated": False}
         outcome, error = errors.outcome_of(facts)
         if error is not None and error["type"] == "upstream_status":
-            error["message"] = _status_message(status_head) or error["message"]
+            error["message"] = _status_message(readers.error, status_head) or error["message"]
         sent = self.headers_sent if self.headers_sent is not None else self.headers_in
         request_headers = recorded_headers(sent, redaction)
         record = build_record(
@@ -254,9 +270,9 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def _status_message(head: bytes) -> str | None:
+def _status_message(reader: TopLevel, head: bytes) -> str | None:
     """vLLM's error message from the start of an error body, if it is in the usual shape."""
-    body = TopLevel(("error", "message")).read(head) if head else None
+    body = reader.read(head) if head else None
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
@@ -284,6 +300,7 @@ class Proxy:
         self._on_finished = on_finished
         self._redaction = Redaction(config.redacted_headers, config.redact_name_patterns)
         self._members = TopLevel(REQUEST_MEMBERS, _NESTED_MEMBERS)
+        self._readers = Readers(TopLevel(_RESPONSE_MEMBERS), TopLevel(_ERROR_MEMBERS))
         self._fingerprints = FingerprintMemo()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -310,10 +327,14 @@ class Proxy:
         """Build the record and hand it over (the spool append happens there); exactly once."""
         ex.finished = True
         try:
-            done = ex.build(self._config, self._identity, self._redaction)
+            done = ex.build(self._config, self._identity, self._redaction, self._readers)
         except Exception as exc:
             log.exception("building the audit record failed", extra={"requestId": ex.request_id})
             done = ex.minimal(self._identity, exc)
+        if ex.fingerprint is not None and not self._fingerprints.known:
+            # One fingerprint per vLLM server: any answer teaches it, so even the first
+            # stream with n > 1 need not hold its finished choices for the usage chunk.
+            self._fingerprints.learn(ex.fingerprint[0])
         self._on_finished(done)
 
     async def _exchange(self, request: web.Request, ex: Exchange) -> web.StreamResponse:

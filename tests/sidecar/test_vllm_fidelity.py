@@ -103,7 +103,8 @@ async def test_usage_asked_in_any_spelling_reaches_the_client(sidecar, include) 
 
 async def test_n3_choices_arrive_live_through_the_sidecar(standin_session, sidecar) -> None:
     body = {**CHAT, "stream": True, "n": 3, "max_tokens": 6}
-    headers_ms = {"x-standin-itl-ms": "40"}
+    # `created` pinned: direct and proxied may fall in different seconds.
+    headers_ms = {"x-standin-itl-ms": "40", "x-standin-created": "1700000000"}
     request_id = rid()
 
     async def run(url: str) -> list[tuple[float, bytes]]:
@@ -135,6 +136,35 @@ async def test_n3_choices_arrive_live_through_the_sidecar(standin_session, sidec
             # held back and released in a burst would show gaps near zero
             gaps = [b - a for a, b in itertools.pairwise(times[1:])]
             assert sum(1 for gap in gaps if gap >= 0.02) * 2 >= len(gaps), gaps
+
+
+async def test_a_fresh_sidecar_learns_the_fingerprint_from_any_answer(
+    standin_session, start_sidecar
+) -> None:
+    """After one non-streamed answer, the first stream with n > 1 already sends each
+    finished choice at once (its fingerprint is known), not when the usage chunk comes."""
+    sidecar = start_sidecar(standin_session.url)
+    async with aiohttp.ClientSession() as session:
+        plain = {**CHAT, "max_tokens": 2}
+        async with session.post(
+            f"{sidecar.url}/v1/chat/completions", json=plain, headers=AUDIT_HEADERS
+        ) as response:
+            assert "system_fingerprint" in orjson.loads(await response.read())
+        body = {**CHAT, "stream": True, "n": 2, "max_tokens": 8}
+        headers = {**AUDIT_HEADERS, "x-standin-itl-ms": "60", "x-standin-choice-tokens": "1,8"}
+        decoder = SSEDecoder()
+        last: dict[int, float] = {}
+        async with session.post(
+            f"{sidecar.url}/v1/chat/completions", json=body, headers=headers
+        ) as response:
+            async for chunk in response.content.iter_any():
+                now = time.monotonic()
+                for payload in decoder.feed(chunk):
+                    if payload != b"[DONE]":
+                        for choice in orjson.loads(payload)["choices"]:
+                            last[choice["index"]] = now
+    # the short choice finished ~7 inter-token delays before the long one
+    assert last[1] - last[0] > 3 * 0.06, last
 
 
 # --- Messages, Responses, ragged n > 1, terminal events, first-byte latency (issue #11) ---
