@@ -97,7 +97,9 @@ async def _traffic(url: str) -> None:
                 await r.read()
 
 
-async def _exported(standin: Standin, start_sidecar: StartSidecar) -> tuple[set[str], set[str]]:
+async def _exported(
+    standin: Standin, start_sidecar: StartSidecar
+) -> tuple[set[str], set[tuple[str, str]]]:
     """(Prometheus sample names, EMF metric names) of the real sidecar and stand-in."""
     sidecar = start_sidecar(standin.url, METRICS_MODELS=MODEL, EMF_INTERVAL_S="0.5")
     await _traffic(sidecar.url)
@@ -107,13 +109,13 @@ async def _exported(standin: Standin, start_sidecar: StartSidecar) -> tuple[set[
     names |= {n for n, _ in engine.samples}
     names |= {n for n, _ in scrape(sidecar.metrics_url).samples}
     names |= set(DCGM["fields"])
-    emf: set[str] = set()
+    emf: set[tuple[str, str]] = set()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and "TimeToFirstToken" not in emf:
+    while time.monotonic() < deadline and not any(n == "TimeToFirstToken" for _, n in emf):
         for line in sidecar.log_lines():
             if '"_aws"' in line:
                 for block in json.loads(line)["_aws"]["CloudWatchMetrics"]:
-                    emf |= {(block["Namespace"], m["Name"]) for m in block["Metrics"]}  # type: ignore[misc]
+                    emf |= {(block["Namespace"], m["Name"]) for m in block["Metrics"]}
         await asyncio.sleep(0.2)
     return names, emf
 

@@ -45,5 +45,11 @@ def test_ci_runs_exactly_the_readmes_test_command() -> None:
 
 def test_the_test_command_reuses_or_rebuilds_an_existing_venv() -> None:
     text = (ROOT / "scripts" / "test").read_text()
-    assert "python3 -m venv --clear" in text  # a broken .venv is rebuilt, a working one kept
+    shared = (ROOT / "scripts" / "lib" / "venv.sh").read_text()
+    assert ". scripts/lib/venv.sh" in text and "ensure_project_venv" in text
+    assert "python3 -m venv --clear" in shared  # a broken .venv is rebuilt, a working one kept
     assert 'exec .venv/bin/python -m pytest "$@"' in text
+    # the no-Docker stack sets itself up the same way
+    stack = (ROOT / "scripts" / "local-stack").read_text()
+    assert ". scripts/lib/venv.sh" in stack and "ensure_project_venv" in stack
+    assert 'exec .venv/bin/central-llm-local-stack "$@"' in stack

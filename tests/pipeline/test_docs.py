@@ -69,4 +69,4 @@ def test_the_readme_links_the_guide_and_starts_its_section_with_the_command() ->
     readme = (ROOT / "README.md").read_text()
     assert "(docs/audit-pipeline.md)" in readme
     body = readme.split("## Running without Docker\n", 1)[1].lstrip()
-    assert body.startswith("```sh\ncentral-llm-local-stack")
+    assert body.startswith("```sh\nscripts/local-stack")

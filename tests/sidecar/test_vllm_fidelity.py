@@ -446,14 +446,14 @@ async def test_head_and_first_event_are_not_held_for_the_next_token(
 ) -> None:
     """vLLM's timing: role + first token together after the TTFT, then ≥ 100 ms until the
     next token. Through the sidecar the head and the first event must arrive about when
-    they do direct — a hold for the next upstream chunk would add the whole 400 ms. With
+    they do direct — a hold for the next upstream chunk would add the whole 150 ms. With
     a TTFT of 0 the head and the first events reach the sidecar in one read, the case
     where the old relay lost its wake-up (issue #11, item 1)."""
-    itl = 0.4
+    itl = 0.15
     controls = {
         "x-standin-ttft-ms": str(ttft * 1000),
         "x-standin-itl-ms": str(itl * 1000),
-        "x-standin-tokens": "3",
+        "x-standin-tokens": "2",
     }
     direct = []
     for _ in range(2):
