@@ -2,7 +2,7 @@
 
 One job: given the digests and audit objects of a window (already fetched), say
 what is wrong, one `Problem` per fact, each naming the S3 key (and request ids
-where known). What is checked (sidecar_audit/digest.py is the format):
+where known). What is checked (sidecar_audit/integrity/digest.py is the format):
 
 - chain: per writer, digests in digestSeq order, no number missing, each
   `previousDigestSha256` the SHA-256 of the previous digest's bytes, the key's
@@ -31,14 +31,14 @@ from typing import Any
 
 import orjson
 
-from sidecar_audit.digest import (
+from sidecar_audit.integrity.digest import (
     DIGEST_NAME,
     Tombstone,
     canonical,
     seq_ranges,
     sha256_hex,
 )
-from sidecar_audit.digest_signing import PublicKey, check
+from sidecar_audit.integrity.signing import PublicKey, check
 
 # The batch id in an object key: `<created>-<writer id>-<segment sequence>`.
 STEM = re.compile(r"(\d{8}T\d{12}Z)-([0-9a-f]{16})-(\d{10})")

@@ -66,8 +66,8 @@ from llm_audit.items import (
     parse_timestamp,
     request_id_of,
 )
-from sidecar_audit.digest import DIGEST_NAME, Tombstone, digest_prefix
-from sidecar_audit.digest_signing import PublicKey, load_public_key
+from sidecar_audit.integrity.digest import DIGEST_NAME, Tombstone, digest_prefix
+from sidecar_audit.integrity.signing import PublicKey, load_public_key
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_ingest import moto_endpoint
 
 from central_llm_ops.audit_verify import Bucket, Window, verify
-from sidecar_audit.digest import (
+from sidecar_audit.integrity.digest import (
     ChainHead,
     digest_body,
     digest_key,

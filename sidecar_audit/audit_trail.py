@@ -14,10 +14,10 @@ Either way the condition is loud: a log line when it starts and ends, the
 `llm_audit_records_dropped` / `llm_audit_requests_refused` metrics, and
 `/health` detail.
 
-Provability (issue #13): `accept` puts `writerId` and `seq` (sequence.py) first
+Provability (issue #13): `accept` puts `writerId` and `seq` (spool/writers.py) first
 in every record before encoding it — one seq per finished exchange, so a
 dropped record leaves a tombstone for its seq in the digest journal (never a
-silent gap) — and the digester (digester.py) chains signed digests of every
+silent gap) — and the digester (integrity/digester.py) chains signed digests of every
 shipped object. If the record cannot be encoded, a minimal one (ids, identity,
 status, sizes, hashes: scalars only) is written in its place; `accept` never
 raises.
@@ -34,17 +34,17 @@ from typing import Any
 
 from . import errors
 from .config import Config
-from .digest_journal import DIGESTS_DIR, DigestJournal
-from .digest_signing import FileSigner, KmsSigner, Signer
-from .digester import Digester
 from .health import AuditHealth
+from .integrity.digester import Digester
+from .integrity.journal import DIGESTS_DIR, DigestJournal
+from .integrity.signing import FileSigner, KmsSigner, Signer
 from .metrics import AuditSnapshot
 from .proxy import Finished
 from .record import encode_record, salvage
 from .s3_sink import S3ObjectSink
-from .sequence import WriterSlot
 from .shipper import Shipper
 from .spool import Spool, SpoolError, SpoolFull
+from .spool.writers import WriterSlot
 
 log = logging.getLogger(__name__)
 

@@ -49,10 +49,10 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from .digest import ObjectEntry, object_entry
+from .integrity.digest import ObjectEntry, object_entry
 from .s3_sink import ObjectSink, SinkError, classify
 from .spool import SegmentContents, SegmentLease, Spool, SpoolError
-from .spool_recovery import Frame
+from .spool.recovery import Frame
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ class Shipper:
             for obj in objects:
                 await self._put(obj, lease.stem, attempts)
             if self._on_shipped is not None:
-                # The digest's facts are durable before the segment goes (digester.py).
+                # The digest's facts are durable before the segment goes (integrity/digester.py).
                 await self._on_shipped(entries)
         except BaseException:
             self._spool.release(lease)

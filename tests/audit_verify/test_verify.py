@@ -34,7 +34,7 @@ import pytest
 from central_llm_ops.audit_verify import item_key
 from central_llm_ops.local_aws import ensure_table
 from llm_audit.ingest import handler
-from sidecar_audit.digest import envelope, sha256_hex
+from sidecar_audit.integrity.digest import envelope, sha256_hex
 from tests.faults.load import run_load
 from tests.faults.observe import logged
 from tests.faults.tcp_cut import TcpCut

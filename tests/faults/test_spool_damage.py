@@ -2,7 +2,7 @@
 
 The spool directory is crafted before the sidecar starts, as a crash or a bad
 disk would leave it, with one segment per damage so that a single process
-start covers every case (the unit tests in tests/sidecar/test_spool_recovery.py
+start covers every case (the unit tests in tests/sidecar/test_spool/recovery.py
 do the same per file; here it is the real process, its shipper and S3):
 
 - torn tail: a dead writer's `.open` segment of three records, cut at every
@@ -29,7 +29,7 @@ from pathlib import Path
 import orjson
 
 from sidecar_audit.spool import QUARANTINE_DIR, segment_stem
-from sidecar_audit.spool_recovery import HEADER_SIZE, SegmentHeader, encode_frame, encode_header
+from sidecar_audit.spool.recovery import HEADER_SIZE, SegmentHeader, encode_frame, encode_header
 from tests.faults.load import run_load
 from tests.faults.observe import health, log_objects, logged, scrape, wait_for
 from tests.faults.reconcile import assert_exactly_once, report, wait_reconciled

@@ -1,4 +1,4 @@
-"""Writer slots (sequence.py) and the digest journal (digest_journal.py): one test per rule."""
+"""Writer slots (spool/writers.py) and the digest journal (integrity/journal.py), per rule."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import orjson
 
-from sidecar_audit.digest import ObjectEntry, Tombstone, envelope, sha256_hex
-from sidecar_audit.digest_journal import DigestJournal, Prepared
-from sidecar_audit.sequence import SLOT_SUFFIX, WRITERS_DIR, WriterSlot, encode_slot
+from sidecar_audit.integrity.digest import ObjectEntry, Tombstone, envelope, sha256_hex
+from sidecar_audit.integrity.journal import DigestJournal, Prepared
+from sidecar_audit.spool.writers import SLOT_SUFFIX, WRITERS_DIR, WriterSlot, encode_slot
 
 
 def _entry(key: str, first: int, last: int) -> ObjectEntry:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from sidecar_audit.spool import Spool, SpoolError, SpoolFailed, SpoolFull
-from sidecar_audit.spool_recovery import (
+from sidecar_audit.spool.recovery import (
     HEADER_SIZE,
     Corrupt,
     Frame,
@@ -539,8 +539,8 @@ async def test_a_recovery_pass_racing_a_new_segment_never_strands_records(
     import fcntl
     from types import SimpleNamespace
 
-    import sidecar_audit.spool as spool_module
-    from sidecar_audit.spool_recovery import recover_directory
+    import sidecar_audit.spool.store as spool_module
+    from sidecar_audit.spool.recovery import recover_directory
 
     spool = Spool(tmp_path, fsync_interval_s=3600, segment_max_age_s=3600)
     await spool.open()

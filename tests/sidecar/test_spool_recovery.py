@@ -1,4 +1,4 @@
-"""Recovery of segment files: one test per row of the decision table in spool_recovery.py.
+"""Recovery of segment files: one test per row of the decision table in spool/recovery.py.
 
 Every test builds real segment files, damages them the way a crash or a bad
 disk would, and checks that recovery keeps every intact record, invents none,
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sidecar_audit.spool import QUARANTINE_DIR, Spool
-from sidecar_audit.spool_recovery import (
+from sidecar_audit.spool.recovery import (
     HEADER_SIZE,
     FileRecovery,
     Frame,

@@ -28,11 +28,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ..s3_sink import ObjectSink, classify
+from ..spool.writers import WriterSlot
 from .digest import Tombstone, canonical, digest_body, digest_key, envelope
-from .digest_journal import DigestJournal, JournalError, Prepared
-from .digest_signing import Signer
-from .s3_sink import ObjectSink, classify
-from .sequence import WriterSlot
+from .journal import DigestJournal, JournalError, Prepared
+from .signing import Signer
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 One job: keep every accepted record on local disk until the shipper has put it
 in S3, across process kills and restarts. SPOOL.md is the full spec; the byte
-format and the recovery decision table live in `spool_recovery.py`.
+format and the recovery decision table live in `spool/recovery.py`.
 
 Durability points (the words are API):
 - `append(payload, record_time)` returns: the frame was written to the active
@@ -53,7 +53,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-from .spool_recovery import (
+from .recovery import (
     HEADER_SIZE,
     MAX_PAYLOAD_BYTES,
     OPEN_SUFFIX,
@@ -218,7 +218,7 @@ class Spool:
         self._wall_clock = wall_clock
         self._fsync = fsync  # the seam tests use to inject fsync failures
         # Run on the sync thread after every segment fsync: the writer slot's seq
-        # counter (sequence.py) reaches the disk no later than the records carrying them.
+        # counter (spool/writers.py) reaches the disk no later than the records carrying them.
         self._sync_also = sync_also
         self._next_sequence = 0
         self._active: _Writer | None = None

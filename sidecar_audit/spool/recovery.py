@@ -1,9 +1,9 @@
 """Spool segment files: their byte format, and reading one back safely after any crash.
 
 One job: turn the bytes of a segment file into the records it really holds, and
-nothing else. Writing records is `spool.py`'s job; it uses the encoders here so
+nothing else. Writing records is `store.py`'s job; it uses the encoders here so
 that the format lives in one place. SPOOL.md is the full spec; the layout is
-pinned byte for byte by tests/test_spool.py.
+pinned byte for byte by tests/sidecar/test_spool.py.
 
 Segment file = header, then frames. All integers little-endian.
 
@@ -34,7 +34,7 @@ Invariants:
   (`try_lock`), so no live writer or other shipper is touching it.
 
 Recovery decision table (`recover_file`; one test per row in
-tests/test_spool_recovery.py):
+tests/test_spool/recovery.py):
 
 | file holds                                  | verdict    | action                              |
 | ------------------------------------------- | ---------- | ----------------------------------- |

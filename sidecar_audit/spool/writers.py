@@ -39,7 +39,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from .spool_recovery import fsync_dir
+from .recovery import fsync_dir
 
 log = logging.getLogger(__name__)
 

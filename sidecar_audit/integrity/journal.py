@@ -10,7 +10,7 @@ not yet in a digest, tombstones, the prepared digest to put again (same key,
 same bytes), and the chain head to link to.
 
 Files: `<spool>/digests/<writerId>.<generation:08d>.journal`, frames in the
-spool's own format (`spool_recovery.encode_frame`: sync magic, length, time,
+spool's own format (`spool.recovery.encode_frame`: sync magic, length, time,
 CRC32, payload), each payload one orjson entry:
 
     {"t": "object", "e": ObjectEntry}          added to the next digest
@@ -23,7 +23,7 @@ Replaying every generation in order gives the state (every entry is an
 idempotent transition; frames whose CRC fails are skipped). Compaction writes
 a new generation that starts with a checkpoint, fsyncs it and its directory,
 and only then deletes the older generations; the writer's flock on its slot
-(sequence.py) makes one process the journal's only writer.
+(spool/writers.py) makes one process the journal's only writer.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from typing import Any
 
 import orjson
 
+from ..spool.recovery import Frame, decode_frames, encode_frame, fsync_dir, read_all
 from .digest import ChainHead, ObjectEntry, Tombstone, sha256_hex
-from .spool_recovery import Frame, decode_frames, encode_frame, fsync_dir, read_all
 
 DIGESTS_DIR = "digests"
 
