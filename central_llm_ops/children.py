@@ -25,11 +25,27 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def free_port(span: int = 1) -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, with the `span - 1` after it
+    free too (a sidecar with WORKERS=n serves metrics on METRICS_PORT..METRICS_PORT+n-1)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if all(_bindable(port + i) for i in range(1, span)):
+            return port
+    raise OSError(f"no run of {span} free ports found")
+
+
+def _bindable(port: int) -> bool:
+    if port > 65535:
+        return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def python_module(module: str, *args: str) -> list[str]:
