@@ -12,11 +12,13 @@ Steps, in order (default: all of them):
   model    download the model artifacts: build vllm_engine/ up to its `model`
            stage (HF_TOKEN from the environment, passed as a BuildKit secret,
            never stored in the image)
-  build    build the vLLM image (vllm_engine/, model baked in) and the sidecar
-           image (sidecar_audit/Dockerfile, repository root as context)
-  push     log in to ECR and push both tags; a tag already in ECR is left alone
+  build    build the vLLM image (vllm_engine/, model baked in), the sidecar
+           image (sidecar_audit/Dockerfile, repository root as context) and,
+           from the same Dockerfile's `ops` target, the audit reconciliation
+           image <sidecar tag>-ops (central_llm_ops; the scheduled task runs it)
+  push     log in to ECR and push the tags; a tag already in ECR is left alone
            (the repositories are IMMUTABLE: a tag always means the same image)
-  deploy   check both tags are in ECR, then scripts/deploy-stack.sh --vllm-tag ...
+  deploy   check the tags are in ECR, then scripts/deploy-stack.sh --vllm-tag ...
            --sidecar-tag ...: a new task definition revision and an ECS rolling
            deployment (circuit breaker rolls back on failure)
 
@@ -99,6 +101,9 @@ account="$(aws sts get-caller-identity --region "${region}" --query Account --ou
 registry="${account}.dkr.ecr.${region}.amazonaws.com"
 vllm_image="${registry}/${vllm_repo}:${vllm_tag}"
 sidecar_image="${registry}/${sidecar_repo}:${sidecar_tag}"
+# The reconciliation task's image: the ops target, same sources, so the same tag + "-ops"
+# (the stack derives it from SidecarImageTag).
+ops_image="${sidecar_image}-ops"
 
 vllm_build_args=(--platform "${platform}" --build-arg "MODEL_ID=${model_id}"
     --build-arg "MODEL_REVISION=${model_revision}")
@@ -143,6 +148,9 @@ if want build; then
     log "building ${sidecar_image}"
     docker build "${sidecar_build_args[@]}" -f "${root}/sidecar_audit/Dockerfile" \
         -t "${sidecar_image}" "${root}"
+    log "building ${ops_image}"
+    docker build "${sidecar_build_args[@]}" -f "${root}/sidecar_audit/Dockerfile" \
+        --target ops -t "${ops_image}" "${root}"
 fi
 
 push_once() {
@@ -160,10 +168,12 @@ if want push; then
         | docker login --username AWS --password-stdin "${registry}"
     push_once "${vllm_repo}" "${vllm_tag}" "${vllm_image}"
     push_once "${sidecar_repo}" "${sidecar_tag}" "${sidecar_image}"
+    push_once "${sidecar_repo}" "${sidecar_tag}-ops" "${ops_image}"
 fi
 
 if want deploy; then
-    for pair in "${vllm_repo}:${vllm_tag}" "${sidecar_repo}:${sidecar_tag}"; do
+    for pair in "${vllm_repo}:${vllm_tag}" "${sidecar_repo}:${sidecar_tag}" \
+        "${sidecar_repo}:${sidecar_tag}-ops"; do
         in_ecr "${pair%%:*}" "${pair#*:}" || die "${pair} is not in ECR: run the build and push steps first"
     done
     "${root}/scripts/deploy-stack.sh" --stack "${stack}" --region "${region}" \

@@ -108,7 +108,7 @@ def _ecs_tasks_trust() -> Json:
     }
 
 
-def _role(policy_name: str, policy: dict[str, Any]) -> Json:
+def task_role(policy_name: str, policy: dict[str, Any]) -> Json:
     return {
         "Type": "AWS::IAM::Role",
         "Properties": {
@@ -323,8 +323,8 @@ def service_resources(
                 "ClusterSettings": [{"Name": "containerInsights", "Value": "enabled"}],
             },
         },
-        "TaskRole": _role("ecs-task-audit-writer", task_policy),
-        "ExecutionRole": _role("ecs-task-execution", execution_policy),
+        "TaskRole": task_role("ecs-task-audit-writer", task_policy),
+        "ExecutionRole": task_role("ecs-task-execution", execution_policy),
         "TaskDefinition": {
             "Type": "AWS::ECS::TaskDefinition",
             "DependsOn": ["ServiceLogGroup", "VllmRepository", "SidecarRepository"],

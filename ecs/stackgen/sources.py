@@ -44,6 +44,7 @@ class Sources:
     execution_policy: dict[str, Any]
     ingest_policy: dict[str, Any]
     reader_policy: dict[str, Any]
+    reconcile_policy: dict[str, Any]
     table: dict[str, Any]
 
 
@@ -80,5 +81,6 @@ def load_sources(root: Path = REPO_ROOT) -> Sources:
         execution_policy=_load(root / POLICIES / "ecs-task-execution.json"),
         ingest_policy=_load(root / POLICIES / "llm-audit-ingest.json"),
         reader_policy=_load(root / POLICIES / "audit-reader.json"),
+        reconcile_policy=_load(root / POLICIES / "audit-reconcile.json"),
         table=_check_table(_load(table_path), table_path),
     )

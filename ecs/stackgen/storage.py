@@ -1,8 +1,10 @@
 """The audit bucket (where the sidecar ships records) and the raw archive bucket.
 
 Both: KMS encryption by default (the account's `aws/s3` key, bucket keys on),
-TLS-only bucket policy, versioning, no public access, lifecycle to cheaper
-storage classes, retained when the stack is deleted. The audit bucket notifies
+TLS-only bucket policy, versioning, Object Lock with a default retention
+(integrity.py), no public access, lifecycle to cheaper storage classes,
+noncurrent versions kept at least as long as their lock, retained when the
+stack is deleted. The audit bucket notifies
 the ingestion queue of every object created under `<AuditPrefix>/`; it depends
 on the queue policy because S3 checks that it may send before it accepts the
 notification configuration.
@@ -11,6 +13,7 @@ notification configuration.
 from __future__ import annotations
 
 from ecs.stackgen.cfn import Json, get_att, ref, sub
+from ecs.stackgen.integrity import lock_days, object_lock
 
 _RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
 
@@ -25,7 +28,9 @@ def _lifecycle() -> Json:
                     {"StorageClass": "STANDARD_IA", "TransitionInDays": ref("StandardIaAfterDays")},
                     {"StorageClass": "GLACIER_IR", "TransitionInDays": ref("GlacierIrAfterDays")},
                 ],
-                "NoncurrentVersionExpiration": {"NoncurrentDays": 90},
+                # Never before the version's lock ends: a version turns noncurrent no
+                # earlier than it was written (and locked), so the lock period suffices.
+                "NoncurrentVersionExpiration": {"NoncurrentDays": lock_days()},
                 "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
             }
         ]
@@ -52,6 +57,7 @@ def _bucket(name_parameter: str, extra: Json | None = None) -> Json:
         },
         "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
         "LifecycleConfiguration": _lifecycle(),
+        **object_lock(),
     }
     properties.update(extra or {})
     return {"Type": "AWS::S3::Bucket", **_RETAIN, "Properties": properties}

@@ -9,6 +9,12 @@ from ecs.stackgen.capacity import capacity_parameters, capacity_resources
 from ecs.stackgen.cfn import Json, get_att, placeholders, ref, sub
 from ecs.stackgen.edge import edge_conditions, edge_outputs, edge_parameters, edge_resources
 from ecs.stackgen.ingest import ingest_resources
+from ecs.stackgen.integrity import (
+    integrity_conditions,
+    integrity_outputs,
+    integrity_parameters,
+    integrity_resources,
+)
 from ecs.stackgen.observability import (
     observability_conditions,
     observability_parameters,
@@ -120,6 +126,7 @@ def parameters(table_name: str) -> dict[str, Json]:
         **capacity_parameters(),
         **edge_parameters(),
         **observability_parameters(),
+        **integrity_parameters(),
     }
 
 
@@ -181,6 +188,7 @@ def render_template(sources: Sources) -> dict[str, Any]:
         **capacity_resources(),
         **edge_resources(),
         **observability_resources(),
+        **integrity_resources(sources.reconcile_policy),
     }
     template: dict[str, Any] = {
         "AWSTemplateFormatVersion": "2010-09-09",
@@ -194,9 +202,10 @@ def render_template(sources: Sources) -> dict[str, Any]:
             },
             **edge_conditions(),
             **observability_conditions(),
+            **integrity_conditions(),
         },
         "Resources": resources,
-        "Outputs": {**outputs(), **edge_outputs()},
+        "Outputs": {**outputs(), **edge_outputs(), **integrity_outputs()},
     }
     unknown = unresolved_placeholders(template)
     if unknown:

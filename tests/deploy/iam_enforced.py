@@ -19,6 +19,9 @@ What moto leaves unchecked, and so what these tests cannot prove:
   ARN would be denied outright. `as_moto_sees_it` therefore widens non-S3
   resources to `*`, and the resource scoping of those statements is pinned by
   a static test instead (test_iam_enforced.py::test_non_s3_resources_name_the_stack).
+- moto files S3's `?retention` and `?legal-hold` PUTs under `s3:PutObject`, so
+  that a writer may not shorten a lock is pinned statically
+  (test_stack_integrity.py::test_no_role_of_the_stack_can_defeat_the_lock).
 - Conditions, trust policies, bucket policies, KMS key policies and SCPs are
   not evaluated; the TLS-only bucket policy is checked on the template.
 """
@@ -54,6 +57,8 @@ def stack_values() -> dict[str, str]:
         if "Default" in body
     }
     values.update({"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT})
+    # Resource attributes the policies name (KMS resources are `*` to moto anyway).
+    values["DigestSigningKey.Arn"] = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/digest-signing-key"
     return values
 
 

@@ -114,7 +114,12 @@ def test_first_deploy_in_the_documented_order(deploy_moto: str, tmp_path: Path) 
     manifest = json.dumps(
         {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}
     )
-    for repository, tag in (("mistral8b-vllm", vllm_tag), ("central-llm-sidecar", sidecar_tag)):
+    pushed = (
+        ("mistral8b-vllm", vllm_tag),
+        ("central-llm-sidecar", sidecar_tag),
+        ("central-llm-sidecar", f"{sidecar_tag}-ops"),  # the reconciliation's image
+    )
+    for repository, tag in pushed:
         ecr.put_image(repositoryName=repository, imageManifest=manifest, imageTag=tag)  # type: ignore[attr-defined]
     assert images_step == ["scripts/build-push-deploy.sh"]
     deployed = _run([*images_step, "--steps", "deploy"], env)

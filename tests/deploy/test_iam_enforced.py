@@ -12,7 +12,13 @@ runs as its own process with only its own policy's key:
   gives it, indexes versioned objects from an S3 event and from the SQS
   messages S3 sent, and archives them;
 - `central-llm-audit-query` (ops role `audit-reader`) finds the item and its record;
-- the execution role pulls from ECR and writes container logs.
+- the execution role pulls from ECR and writes container logs;
+- the scheduled reconciliation (`audit-reconcile`) and `central-llm-audit-verify`
+  as the reader check a trail the sidecar wrote, items included.
+
+The buckets have Object Lock on with a default retention, as the stack makes
+them: the task's puts work under it, and its overwrite of a key leaves the
+locked version as it was.
 
 Negative cases: the task role can neither read nor delete audit objects nor
 write outside the prefix; the reader cannot write; the ingestion fails
@@ -77,6 +83,7 @@ class Enforced:
     ingest: Credentials
     reader: Credentials
     execution: Credentials
+    reconcile: Credentials
     queue_url: str
     queue_arn: str
 
@@ -101,6 +108,7 @@ def enforced(proc_log_dir: Path) -> Iterator[Enforced]:
             ingest=create_principal(admin, "ingest", render_policy("llm-audit-ingest")),
             reader=create_principal(admin, "reader", render_policy("audit-reader")),
             execution=create_principal(admin, "execution", render_policy("ecs-task-execution")),
+            reconcile=create_principal(admin, "reconcile", render_policy("audit-reconcile")),
             queue_url=queue_url,
             queue_arn=queue_arn,
         )
@@ -115,8 +123,21 @@ def _create_stack_resources(admin: Credentials) -> tuple[str, str]:
             Bucket=bucket,
             CreateBucketConfiguration={"LocationConstraint": REGION},
             ObjectOwnership="BucketOwnerEnforced",
+            ObjectLockEnabledForBucket=True,
         )
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    # The stack's default retention on the audit bucket (the sidecar's puts carry the
+    # checksum header Object Lock asks for). Not on the archive: moto refuses every
+    # CopyObject into a bucket with a default retention for want of a Content-MD5 header,
+    # which a copy has no body to carry (docs/deployment.md: check the archive on the
+    # first deployment).
+    s3.put_object_lock_configuration(
+        Bucket=AUDIT_BUCKET,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
+        },
+    )
     admin.client("dynamodb").create_table(**create_table_kwargs(load_definition(), TABLE))
     sqs = admin.client("sqs")
     queue_url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
@@ -338,8 +359,23 @@ def test_task_policy_cannot_read_delete_or_write_elsewhere(enforced: Enforced) -
     assert _denied(lambda: s3.put_object(Bucket=ARCHIVE_BUCKET, Key=key, Body=b"{}"))
     assert _denied(lambda: s3.list_objects_v2(Bucket=AUDIT_BUCKET))
     assert _denied(lambda: enforced.task.client("dynamodb").scan(TableName=TABLE))
+    # Nothing that removes a locked version, even asking to bypass governance mode. (moto
+    # files PutObjectRetention under s3:PutObject, so that the task may not shorten a lock
+    # is shown statically: test_stack_integrity.py, no policy grants it.)
+    assert _denied(
+        lambda: s3.delete_object(
+            Bucket=AUDIT_BUCKET, Key=key, VersionId=version, BypassGovernanceRetention=True
+        )
+    )
     # Its one permission works, so the denials above are the policy's, not a broken key.
     s3.put_object(Bucket=AUDIT_BUCKET, Key=f"{PREFIX}/probe/ok.json", Body=b"{}")
+    # Overwriting a key makes a new version; the locked one keeps its bytes (and verify
+    # compares digests with the current version, so the change shows there).
+    original = enforced.admin.client("s3").get_object(Bucket=AUDIT_BUCKET, Key=key)["Body"].read()
+    s3.put_object(Bucket=AUDIT_BUCKET, Key=key, Body=b"{}")
+    kept = enforced.admin.client("s3").get_object(Bucket=AUDIT_BUCKET, Key=key, VersionId=version)
+    assert kept["Body"].read() == original
+    assert kept["ObjectLockMode"] == "GOVERNANCE"
 
 
 # --- the ingestion Lambda -------------------------------------------------------
@@ -441,6 +477,119 @@ def test_reader_cannot_write_or_delete(enforced: Enforced) -> None:
     assert _denied(lambda: dynamodb.delete_item(TableName=TABLE, Key=item))
 
 
+# --- the reconciliation, and verify as the reader ------------------------------------
+
+
+def _ship_trail(
+    enforced: Enforced, standin: Standin, spool: Path, proc_log_dir: Path, requests: int
+) -> None:
+    """The sidecar, as the task role, answers `requests` requests and stops (last digest)."""
+    port = free_port()
+    env = {
+        **enforced.task.env(),
+        "LISTEN_HOST": "127.0.0.1",
+        "LISTEN_PORT": str(port),
+        "METRICS_PORT": "0",
+        "UPSTREAM_URL": standin.url,
+        "AUDIT_BUCKET": AUDIT_BUCKET,
+        "AUDIT_PREFIX": PREFIX,
+        "AUDIT_SPOOL_DIR": str(spool),
+        "AUDIT_FLUSH_INTERVAL_S": "0.3",
+        "AUDIT_DIGEST_INTERVAL_S": "0.5",
+        "EMF_INTERVAL_S": "0",
+        "SHUTDOWN_GRACE_S": "5",
+        "SHUTDOWN_SHIP_S": "10",
+    }
+    proc = launch(f"sidecar-trail-{port}", env, proc_log_dir, port)
+    try:
+        for _ in range(requests):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                data=json.dumps(
+                    {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+                ).encode(),
+                headers={"content-type": "application/json", **AUDIT_HEADERS},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 200
+        assert proc.stop(grace_s=30) == 0, proc.log()[-3000:]
+    finally:
+        proc.stop()
+
+
+def _ingest_all_batches(enforced: Enforced) -> None:
+    """Index every batch object the sidecars wrote, as the ingestion Lambda does."""
+    s3 = enforced.admin.client("s3")
+    for key in _audit_keys(enforced.admin):
+        if key.endswith(".ndjson.gz"):
+            head = s3.head_object(Bucket=AUDIT_BUCKET, Key=key)
+            event = _s3_event(key, head["VersionId"], head["ContentLength"])
+            assert "answer" in _invoke(enforced.ingest.env(), event)
+
+
+def _run_ops(module: str, principal: Credentials, *args: str, **env: str) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=_child_env({**principal.env(), **env}),
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_reconciliation_and_verify_run_with_their_policies(
+    enforced: Enforced, standin: Standin, tmp_path: Path, proc_log_dir: Path
+) -> None:
+    _ship_trail(enforced, standin, tmp_path / "spool", proc_log_dir, requests=3)
+    _ingest_all_batches(enforced)
+    settings = {"AUDIT_BUCKET": AUDIT_BUCKET, "AUDIT_PREFIX": PREFIX, "TABLE_NAME": TABLE}
+
+    done = _run_ops("central_llm_ops.reconcile", enforced.reconcile, "--settle", "0", **settings)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report, emf = (json.loads(line) for line in done.stdout.splitlines())
+    assert report["stats"]["records"] >= 3 and report["problems"] == []
+    assert [emf[name] for name in ("AuditRecordsMissing", "AuditObjectsTampered")] == [0, 0]
+    assert emf["AuditItemsMissing"] == 0
+
+    # With a signing key configured, verify fetches its public key (kms:GetPublicKey) and
+    # counts these unsigned digests as tampered: exit 1 with metrics, not an AWS error.
+    key = enforced.admin.client("kms").create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
+        "KeyMetadata"
+    ]["Arn"]
+    signed = {**settings, "AUDIT_DIGEST_KMS_KEY_ID": key}
+    done = _run_ops("central_llm_ops.reconcile", enforced.reconcile, "--settle", "0", **signed)
+    assert done.returncode == 1, done.stdout + done.stderr
+    report, emf = (json.loads(line) for line in done.stdout.splitlines())
+    assert {p["kind"] for p in report["problems"]} == {"signature"}
+    assert emf["AuditObjectsTampered"] >= 1
+
+    # The operators' reader role runs verify over the same trail.
+    done = _run_ops(
+        "central_llm_ops.audit_verify", enforced.reader,
+        "--bucket", AUDIT_BUCKET, "--since", "1h", "--grace", "0", "--table", TABLE,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_reconcile_policy_reads_only(enforced: Enforced) -> None:
+    key, version, _ = _put_record(enforced.admin, "reconcile-neg-0001")
+    s3 = enforced.reconcile.client("s3")
+    assert s3.get_object(Bucket=AUDIT_BUCKET, Key=key)["Body"].read()
+    assert _denied(lambda: s3.put_object(Bucket=AUDIT_BUCKET, Key=key, Body=b"{}"))
+    assert _denied(lambda: s3.delete_object(Bucket=AUDIT_BUCKET, Key=key, VersionId=version))
+    assert _denied(lambda: s3.get_object(Bucket=ARCHIVE_BUCKET, Key=key))
+    item = {"id": {"S": "project#x"}, "createdAt": {"S": "t#x"}}
+    assert _denied(
+        lambda: enforced.reconcile.client("dynamodb").put_item(TableName=TABLE, Item=item)
+    )
+    assert _denied(lambda: enforced.reconcile.client("dynamodb").scan(TableName=TABLE))
+    kms = enforced.reconcile.client("kms")
+    assert _denied(
+        lambda: kms.sign(
+            KeyId="alias/any", Message=b"x" * 32, MessageType="DIGEST",
+            SigningAlgorithm="ECDSA_SHA_256",
+        )
+    )  # fmt: skip
+
+
 # --- the execution role ------------------------------------------------------------
 
 
@@ -476,7 +625,13 @@ def test_execution_role_pulls_images_and_writes_logs(enforced: Enforced) -> None
 
 def test_non_s3_resources_name_the_stack() -> None:
     """moto treats non-S3 resources as `*`; their scoping is checked here instead."""
-    for name in ("ecs-task-audit-writer", "ecs-task-execution", "llm-audit-ingest", "audit-reader"):
+    for name in (
+        "ecs-task-audit-writer",
+        "ecs-task-execution",
+        "llm-audit-ingest",
+        "audit-reader",
+        "audit-reconcile",
+    ):
         policy = render_policy(name)
         for statement in policy["Statement"]:
             resources = statement["Resource"]
@@ -502,6 +657,7 @@ def test_every_policy_file_is_tested_and_in_the_stack() -> None:
         "ecs-task-execution",
         "llm-audit-ingest",
         "audit-reader",
+        "audit-reconcile",
     }
     rendered = json.dumps(template())
     for name in files:

@@ -144,9 +144,48 @@ def test_ecr_repositories_and_roles(deployed_stack: DeployedStack) -> None:
     if isinstance(document, str):
         # moto keeps a CloudFormation policy as Python's repr of the dict, not JSON.
         document = ast.literal_eval(document)
-    # Put only: audit objects under the prefix, digests beside it (issue 13); nothing else.
-    assert [s["Action"] for s in document["Statement"]] == ["s3:PutObject", "s3:PutObject"]
+    # Put only: audit objects under the prefix, digests beside it, and sign digests with
+    # the stack's key (issue 13); nothing else.
+    key_arn = deployed_stack.outputs["DigestSigningKeyArn"]
+    assert [s["Action"] for s in document["Statement"]] == [
+        "s3:PutObject",
+        "s3:PutObject",
+        "kms:Sign",
+    ]
     assert [s["Resource"] for s in document["Statement"]] == [
         "arn:aws:s3:::central-llm-audit/logs/*",
         "arn:aws:s3:::central-llm-audit/logs-digest/*",
+        key_arn,
     ]
+
+
+def test_signing_key_and_reconciliation_schedule(deployed_stack: DeployedStack) -> None:
+    """What moto creates of issue 13's stack part. moto makes every CloudFormation KMS key
+    symmetric and applies no Object Lock configuration: test_stack_integrity.py pins those
+    on the template."""
+    key_arn = deployed_stack.outputs["DigestSigningKeyArn"]
+    kms = deployed_stack.client("kms")
+    # moto keeps a CloudFormation key policy as a dict and then fails every call that
+    # checks it (DescribeKey: 500); listing does not check it.
+    assert key_arn in {k["KeyArn"] for k in kms.list_keys()["Keys"]}
+    aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
+    assert aliases[f"alias/{deployed_stack.name}-audit-digest"] == key_arn.rsplit("/", 1)[1]
+
+    events = deployed_stack.client("events")
+    (rule,) = [r for r in events.list_rules()["Rules"] if "ReconcileSchedule" in r["Name"]]
+    assert rule["ScheduleExpression"] == "cron(0/15 * * * ? *)"
+    assert rule["State"] == "ENABLED"  # an image tag is given
+    (target,) = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+    assert (
+        target["EcsParameters"]["TaskDefinitionArn"]
+        == (deployed_stack.outputs["ReconcileTaskDefinitionArn"])
+    )
+    ecs = deployed_stack.client("ecs")
+    task = ecs.describe_task_definition(
+        taskDefinition=deployed_stack.outputs["ReconcileTaskDefinitionArn"]
+    )["taskDefinition"]
+    (box,) = task["containerDefinitions"]
+    assert box["image"].endswith("/central-llm-sidecar:git-0123456789ab-ops")
+    env = {e["name"]: e["value"] for e in box["environment"]}
+    assert env["AUDIT_DIGEST_KMS_KEY_ID"] == key_arn
+    assert env["TABLE_NAME"] == "CentralLLMAudit"

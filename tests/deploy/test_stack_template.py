@@ -94,6 +94,8 @@ def test_task_definition_in_template_is_the_json_file() -> None:
         ("TaskRole", "ecs-task-audit-writer.json"),
         ("ExecutionRole", "ecs-task-execution.json"),
         ("IngestFunctionRole", "llm-audit-ingest.json"),
+        ("AuditReaderRole", "audit-reader.json"),
+        ("ReconcileTaskRole", "audit-reconcile.json"),
     ],
 )
 def test_role_policies_in_template_are_the_policy_files(role: str, policy_file: str) -> None:
@@ -340,9 +342,9 @@ def test_shipping_alarm_threshold_is_the_sidecar_health_limit() -> None:
     assert _properties("AuditShippingStalledAlarm")["Threshold"] == float(limit.default)
 
 
-def test_task_role_may_only_put_audit_objects_and_digests() -> None:
+def test_task_role_may_only_put_audit_objects_and_digests_and_sign() -> None:
     policy = load_json(POLICIES / "ecs-task-audit-writer.json")
-    records, digests = policy["Statement"]
+    records, digests, signing = policy["Statement"]
     assert records == {
         "Sid": records["Sid"],
         "Effect": "Allow",
@@ -354,6 +356,13 @@ def test_task_role_may_only_put_audit_objects_and_digests() -> None:
         "Effect": "Allow",
         "Action": "s3:PutObject",
         "Resource": "arn:${AWS::Partition}:s3:::${AuditBucketName}/${AuditPrefix}-digest/*",
+    }
+    # Issue #13: the digest signing key, Sign only (never its private half, never Verify).
+    assert signing == {
+        "Sid": signing["Sid"],
+        "Effect": "Allow",
+        "Action": "kms:Sign",
+        "Resource": "${DigestSigningKey.Arn}",
     }
 
 
