@@ -17,7 +17,7 @@ import pytest
 
 from central_llm_ops import reconcile
 from ecs.stackgen.integrity import LOCK_DAYS_WITHOUT_RETENTION, RECONCILE_CONTAINER
-from sidecar_audit.digest import ECDSA_SHA_256
+from sidecar_audit.integrity.digest import ECDSA_SHA_256
 from tests.deploy.tools import POLICIES, container, environment, load_json, resources, template
 
 BUCKETS = ("AuditBucket", "ArchiveBucket")
