@@ -59,7 +59,7 @@ def hostile_bodies(size: int) -> dict[str, bytes]:
     }
 
 
-async def _discard_upstream(port: int) -> web.AppRunner:
+async def discard_upstream(port: int) -> web.AppRunner:
     async def answer(request: web.Request) -> web.Response:
         async for _ in request.content.iter_chunked(1 << 20):
             pass
@@ -118,7 +118,7 @@ async def run(workdir: Path) -> list[dict[str, object]]:
     )
     s3 = f"http://127.0.0.1:{moto_port}"
     up_port = free_port()
-    upstream = await _discard_upstream(up_port)
+    upstream = await discard_upstream(up_port)
     rows: list[dict[str, object]] = []
     try:
         wait_http(f"{s3}/moto-api/", moto)

@@ -4,20 +4,19 @@ Wave 1 parsed every JSON body into Python objects: `{"a":[{},{},…]}` costs ~25
 its size that way, and four 32 MB such bodies took the sidecar from 72 MB to
 3.7 GB (the ECS hard limit is 3 GiB). The sidecar's own peak (VmHWM) is read
 from /proc; the upstream is a plain server on loopback that reads and discards
-bodies, so only the sidecar's memory is measured.
+bodies, so only the sidecar's memory is measured. The shapes, the upstream and the
+measurement are the benchmark's own (bench/hostile_memory.py), so the test and the
+benchmark row measure the same thing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import aiohttp
-import orjson
 import pytest
-from aiohttp import web
 
-from tests.hostile.client import MODEL
+from bench.hostile_memory import discard_upstream, hostile_bodies, vm_hwm_bytes
 from tests.procs import free_port
 from tests.sidecar_fixture import AUDIT_HEADERS
 
@@ -27,49 +26,6 @@ BODY_MB = 32
 CONCURRENT = 4
 # The design target: peak memory per in-flight request at most 4x its body.
 TARGET_FACTOR = 4
-
-
-def vm_hwm_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
-def hostile_bodies(size: int) -> dict[str, bytes]:
-    """JSON shapes that cost the most per byte once parsed into objects."""
-    head = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}]})[:-1]
-
-    def fill(unit: bytes) -> bytes:
-        count = (size - len(head) - 32) // len(unit)
-        return head + b',"metadata":[' + unit * count + b"0]}"
-
-    return {
-        "empty objects": fill(b"{},"),
-        "empty arrays": fill(b"[],"),
-        "small floats": fill(b"1.5,"),
-        "nested": head
-        + b',"m":'
-        + b'{"a":' * 100
-        + b"1"
-        + b"}" * 100
-        + b","
-        + fill(b"[1],")[len(head) + 1 :],
-    }
-
-
-async def discard_upstream(port: int) -> web.AppRunner:
-    async def answer(request: web.Request) -> web.Response:
-        async for _ in request.content.iter_chunked(1 << 20):
-            pass
-        return web.json_response({"id": "x", "object": "chat.completion", "choices": []})
-
-    app = web.Application(client_max_size=1 << 30)
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
 
 
 @pytest.mark.parametrize("shape", ["empty objects", "empty arrays", "small floats", "nested"])
