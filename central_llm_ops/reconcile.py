@@ -28,8 +28,9 @@ Settings: `--bucket` / AUDIT_BUCKET, `--prefix` / AUDIT_PREFIX (logs),
 or `--public-key`); AWS settings from the standard `AWS_*` variables.
 
 Exit: verify's. 0 intact, 1 problems (metrics published either way), 2 usage
-or AWS error: nothing was measured, so no metric line (the failed task and
-its log line say why).
+or AWS error: nothing was measured, so only `AuditReconcileFailed` = 1 is
+published (its alarm says the check itself is broken; the log line says why).
+Every measured run publishes `AuditReconcileFailed` = 0, which clears it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ METRICS = {
     "AuditObjectsTampered": "objectsTampered",
     "AuditItemsMissing": "itemsMissing",
 }
+FAILED_METRIC = "AuditReconcileFailed"
 DEFAULT_SETTLE_S = 900
 DEFAULT_WINDOW_S = 3600
 
@@ -78,8 +80,18 @@ def verify_argv(args: argparse.Namespace, since: datetime, until: datetime) -> l
     return argv
 
 
-def emf_line(bucket: str, stats: dict[str, Any], timestamp_ms: int) -> dict[str, Any]:
-    """One EMF object: the three counts of one reconciliation, dimension AuditBucket."""
+def emf_line(bucket: str, stats: dict[str, Any] | None, timestamp_ms: int) -> dict[str, Any]:
+    """One EMF object, dimension AuditBucket: the three counts of a reconciliation and
+    `AuditReconcileFailed` 0 — or, when nothing could be measured (`stats` None), only
+    `AuditReconcileFailed` 1."""
+    values = (
+        {FAILED_METRIC: 1}
+        if stats is None
+        else {
+            **{name: int(stats.get(key) or 0) for name, key in METRICS.items()},
+            FAILED_METRIC: 0,
+        }
+    )
     return {
         "_aws": {
             "Timestamp": timestamp_ms,
@@ -87,12 +99,12 @@ def emf_line(bucket: str, stats: dict[str, Any], timestamp_ms: int) -> dict[str,
                 {
                     "Namespace": NAMESPACE,
                     "Dimensions": [["AuditBucket"]],
-                    "Metrics": [{"Name": name, "Unit": "Count"} for name in METRICS],
+                    "Metrics": [{"Name": name, "Unit": "Count"} for name in values],
                 }
             ],
         },
         "AuditBucket": bucket,
-        **{name: int(stats.get(key) or 0) for name, key in METRICS.items()},
+        **values,
     }
 
 
@@ -131,6 +143,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     }
     if code == audit_verify.EXIT_USAGE:
         stream.write(orjson.dumps(line).decode() + "\n")
+        failed = emf_line(args.bucket, None, int(time.time() * 1000))
+        stream.write(orjson.dumps(failed).decode() + "\n")
+        stream.flush()
         return code
     verdict = orjson.loads(report.getvalue())
     problems = verdict.get("problems", [])

@@ -283,6 +283,7 @@ def _alarms() -> dict[str, Json]:
         "AuditRecordsMissing": "audit records are missing (seq gaps, deleted or truncated objects)",
         "AuditObjectsTampered": "audit objects or digests were modified, unlisted or mis-signed",
         "AuditItemsMissing": "audit records have no DynamoDB item",
+        "AuditReconcileFailed": "the reconciliation itself could not run (see its log line)",
     }
     return {
         f"{name}Alarm": {
@@ -302,7 +303,7 @@ def _alarms() -> dict[str, Json]:
                 "OKActions": [ref("AlarmTopic")],
             },
         }
-        for name in RECONCILE_METRICS
+        for name in (*RECONCILE_METRICS, "AuditReconcileFailed")
     }
 
 

@@ -103,11 +103,13 @@ async def test_tampered_and_unindexed_records_are_counted(
     assert emf["AuditRecordsMissing"] == report["stats"]["recordsMissing"]
 
 
-async def test_an_unreachable_bucket_publishes_nothing(
+async def test_an_unreachable_bucket_publishes_only_that_the_check_failed(
     standin_session: Standin, start_sidecar: StartSidecar
 ) -> None:
     sidecar = await _trail(start_sidecar, standin_session, requests=3)
     code, lines = _reconcile(sidecar, "--bucket", "no-such-bucket-" + uuid.uuid4().hex[:8])
     assert code == 2
-    assert [line["event"] for line in lines] == ["audit_reconcile"]
-    assert lines[0]["exitCode"] == 2
+    assert lines[0]["event"] == "audit_reconcile" and lines[0]["exitCode"] == 2
+    failed = _emf(lines)  # nothing measured: no counts, only the failure, which alarms
+    assert failed[reconcile.FAILED_METRIC] == 1
+    assert not any(name in failed for name in reconcile.METRICS)

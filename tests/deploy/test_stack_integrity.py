@@ -217,7 +217,7 @@ def test_schedule_role_runs_only_the_reconcile_task() -> None:
 
 def test_each_reconciliation_metric_alarms_above_zero() -> None:
     alarms = resources("AWS::CloudWatch::Alarm")
-    for name in reconcile.METRICS:
+    for name in [*reconcile.METRICS, reconcile.FAILED_METRIC]:
         props = alarms[f"{name}Alarm"]["Properties"]
         assert (props["Namespace"], props["MetricName"]) == (reconcile.NAMESPACE, name)
         assert props["Dimensions"] == [{"Name": "AuditBucket", "Value": {"Ref": "AuditBucketName"}}]
@@ -228,5 +228,9 @@ def test_each_reconciliation_metric_alarms_above_zero() -> None:
     line = reconcile.emf_line("central-llm-audit", {"recordsMissing": 2}, 0)
     (declared,) = line["_aws"]["CloudWatchMetrics"]
     assert declared["Dimensions"] == [["AuditBucket"]]
-    assert [m["Name"] for m in declared["Metrics"]] == list(reconcile.METRICS)
+    assert [m["Name"] for m in declared["Metrics"]] == [*reconcile.METRICS, "AuditReconcileFailed"]
     assert line["AuditRecordsMissing"] == 2 and line["AuditItemsMissing"] == 0
+    assert line["AuditReconcileFailed"] == 0
+    failed = reconcile.emf_line("central-llm-audit", None, 0)
+    (declared,) = failed["_aws"]["CloudWatchMetrics"]
+    assert [m["Name"] for m in declared["Metrics"]] == ["AuditReconcileFailed"]
