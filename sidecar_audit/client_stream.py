@@ -82,7 +82,7 @@ class ClientStream:
     @property
     def congested(self) -> bool:
         """The transport asked us to stop writing (its buffer is above its high mark)."""
-        return bool(self._protocol.writing_paused)
+        return self._protocol.writing_paused
 
     async def drain(self, stall_s: float) -> None:
         """Wait until the transport takes writes again; a client that takes nothing for

@@ -70,10 +70,14 @@ class ResponseReader:
         "_receiver",
         "_started",
         "_until_close",
+        "on_body",
     )
 
     def __init__(self, receiver: Receiver, method: str) -> None:
         self._receiver = receiver
+        # Body bytes go straight to the receiver: one Python call per chunk from llhttp.
+        # (Nothing can arrive after the end: a second message or HEAD's stop raises _Stop.)
+        self.on_body = receiver.on_body
         self._method_head = method.upper() == "HEAD"
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[str, str]] = []
@@ -156,10 +160,6 @@ class ResponseReader:
         if self._method_head:  # no body follows, whatever the headers say
             self._end(clean=False)
             raise _Stop
-
-    def on_body(self, body: bytes) -> None:
-        if not self._ended:
-            self._receiver.on_body(body)
 
     def on_message_complete(self) -> None:
         if self._interim:  # the real answer follows on the same connection

@@ -292,6 +292,12 @@ _TERMINAL_TYPES = {
 }
 
 
+_DONE_EVENT = b"data: [DONE]\n\n"
+# The marker must start an event: the blank line of the event before it, or nothing.
+_DONE_AFTER_EVENT = b"\n\n" + _DONE_EVENT
+_DONE_TAIL = len(_DONE_AFTER_EVENT)
+
+
 class TerminalDetector:
     """Says which chunk of a stream completes its terminal event; pure, incremental.
 
@@ -302,13 +308,29 @@ class TerminalDetector:
     no `[DONE]`). The answer does not depend on how the stream was split.
     """
 
-    __slots__ = ("_decoder", "_types")
+    __slots__ = ("_decoder", "_lf_only", "_tail", "_types")
 
     def __init__(self, types: tuple[bytes, ...] | None) -> None:
         self._decoder = SSEDecoder()
         self._types = types
+        self._tail = b""
+        self._lf_only = types is None
 
     def feed(self, chunk: bytes) -> bool:
+        if not chunk:
+            return False
+        if self._lf_only:
+            if b"\r" not in chunk:
+                # `[DONE]` streams in vLLM's own framing (LF only), on the hot path: the
+                # terminal chunk is the one that ends the bytes seen so far with
+                # `data: [DONE]` and its blank line, whatever the split (the tail keeps
+                # the bytes a split may have left behind). No decoding per chunk.
+                window = self._tail + chunk
+                self._tail = window[-_DONE_TAIL:]
+                return window.endswith(_DONE_AFTER_EVENT) or window == _DONE_EVENT
+            # CR framing: decode from here on (vLLM frames whole events per write, so a
+            # chunk boundary is an event boundary; a mistake would only delay a hold).
+            self._lf_only = False
         found = False
         for payload in self._decoder.feed(chunk):
             found = self._is_terminal(payload) or found
