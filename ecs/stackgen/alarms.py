@@ -81,7 +81,7 @@ def _missing_audit_objects() -> Json:
             },
         ]
     }
-    return _alarm(
+    return alarm(
         "Audit records shipped to S3 did not become DynamoDB items (two hours in a row)",
         metrics,
         threshold=0,
@@ -90,20 +90,37 @@ def _missing_audit_objects() -> Json:
     )
 
 
-def _alarm(description: str, metric: Json, *, threshold: float, periods: int, missing: str) -> Json:
-    return {
-        "Type": "AWS::CloudWatch::Alarm",
-        "Properties": {
-            "AlarmDescription": description,
-            "ComparisonOperator": "GreaterThanThreshold",
-            "Threshold": threshold,
-            "EvaluationPeriods": periods,
+def alarm(
+    description: str,
+    metric: Json,
+    *,
+    threshold: Json,
+    periods: int,
+    missing: str,
+    datapoints: int | None = None,
+) -> Json:
+    """An alarm above `threshold` on the alarm topic (the stack's one alarm shape).
+
+    `metric` is either a single metric (Namespace, MetricName, Dimensions,
+    Statistic/ExtendedStatistic, Period) or `Metrics` for metric math.
+    """
+    properties: dict[str, Json] = {
+        "AlarmDescription": description,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "Threshold": threshold,
+        "EvaluationPeriods": periods,
+    }
+    if datapoints is not None:
+        properties["DatapointsToAlarm"] = datapoints
+    properties.update(
+        {
             "TreatMissingData": missing,
             "AlarmActions": [ref("AlarmTopic")],
             "OKActions": [ref("AlarmTopic")],
             **metric,
-        },
-    }
+        }
+    )
+    return {"Type": "AWS::CloudWatch::Alarm", "Properties": properties}
 
 
 def _metric(namespace: str, name: str, stat: str, period: int, **dimensions: Json) -> Json:
@@ -147,7 +164,7 @@ def _tasks_below_desired() -> Json:
             },
         ]
     }
-    return _alarm(
+    return alarm(
         "Central LLM: fewer tasks running than desired for 5 minutes",
         metrics,
         threshold=0,
@@ -172,7 +189,7 @@ def alarm_resources() -> dict[str, Json]:
             },
         },
         "TasksBelowDesiredAlarm": _tasks_below_desired(),
-        "IngestErrorsAlarm": _alarm(
+        "IngestErrorsAlarm": alarm(
             "Audit ingestion Lambda reported errors",
             _metric("AWS/Lambda", "Errors", "Sum", 300, FunctionName=ref("IngestFunction")),
             threshold=0,
@@ -185,7 +202,7 @@ def alarm_resources() -> dict[str, Json]:
         "IngestedItemsMetricFilter": _metric_filter(
             SUMMARY_PATTERN, "AuditItemsIngested", "$.items"
         ),
-        "IngestFailuresAlarm": _alarm(
+        "IngestFailuresAlarm": alarm(
             "Audit ingestion failed messages or objects (ingest_summary failedUnits)",
             _metric(AUDIT_NAMESPACE, "AuditIngestFailedUnits", "Sum", 300),
             threshold=0,
@@ -193,7 +210,7 @@ def alarm_resources() -> dict[str, Json]:
             missing="notBreaching",
         ),
         "AuditObjectsMissingAlarm": _missing_audit_objects(),
-        "DlqDepthAlarm": _alarm(
+        "DlqDepthAlarm": alarm(
             "Audit objects failed ingestion and wait in the DLQ (central-llm-dlq-redrive)",
             _metric(
                 "AWS/SQS",
@@ -206,7 +223,7 @@ def alarm_resources() -> dict[str, Json]:
             periods=1,
             missing="notBreaching",
         ),
-        "IngestBacklogAlarm": _alarm(
+        "IngestBacklogAlarm": alarm(
             "Audit notifications wait more than 15 minutes for the ingestion Lambda",
             _metric(
                 "AWS/SQS",
@@ -219,7 +236,7 @@ def alarm_resources() -> dict[str, Json]:
             periods=1,
             missing="notBreaching",
         ),
-        "AuditShippingStalledAlarm": _alarm(
+        "AuditShippingStalledAlarm": alarm(
             "Audit shipping stalled: the oldest unshipped record is older than 5 minutes",
             _metric(
                 AUDIT_NAMESPACE,
@@ -232,7 +249,7 @@ def alarm_resources() -> dict[str, Json]:
             periods=3,
             missing="breaching",
         ),
-        "AuditRecordsDroppedAlarm": _alarm(
+        "AuditRecordsDroppedAlarm": alarm(
             "Audit records were dropped (spool full or failed under the drop policy)",
             _metric(
                 AUDIT_NAMESPACE,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ecs.stackgen.alarms import alarm
 from ecs.stackgen.cfn import Json, get_att, ref, sub
 from ecs.stackgen.service import task_role
 
@@ -286,23 +287,19 @@ def _alarms() -> dict[str, Json]:
         "AuditReconcileFailed": "the reconciliation itself could not run (see its log line)",
     }
     return {
-        f"{name}Alarm": {
-            "Type": "AWS::CloudWatch::Alarm",
-            "Properties": {
-                "AlarmDescription": f"Reconciliation: {what[name]} (central-llm-audit-verify)",
+        f"{name}Alarm": alarm(
+            f"Reconciliation: {what[name]} (central-llm-audit-verify)",
+            {
                 "Namespace": AUDIT_NAMESPACE,
                 "MetricName": name,
                 "Dimensions": [{"Name": "AuditBucket", "Value": ref("AuditBucketName")}],
                 "Statistic": "Maximum",
                 "Period": RECONCILE_PERIOD_S,
-                "EvaluationPeriods": 1,
-                "ComparisonOperator": "GreaterThanThreshold",
-                "Threshold": 0,
-                "TreatMissingData": "notBreaching",
-                "AlarmActions": [ref("AlarmTopic")],
-                "OKActions": [ref("AlarmTopic")],
             },
-        }
+            threshold=0,
+            periods=1,
+            missing="notBreaching",
+        )
         for name in (*RECONCILE_METRICS, "AuditReconcileFailed")
     }
 

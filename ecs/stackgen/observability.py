@@ -43,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from ecs.stackgen.alarms import alarm
 from ecs.stackgen.cfn import Json, get_att, ref, sub
 
 INFERENCE_NAMESPACE = (
@@ -484,20 +485,14 @@ def _scaling() -> dict[str, Json]:
 
 
 def _alarm(description: str, threshold: Json, periods: int, **metric: Json) -> Json:
-    return {
-        "Type": "AWS::CloudWatch::Alarm",
-        "Properties": {
-            "AlarmDescription": description,
-            "ComparisonOperator": "GreaterThanThreshold",
-            "Threshold": threshold,
-            "EvaluationPeriods": periods,
-            "DatapointsToAlarm": periods,
-            "TreatMissingData": "notBreaching",
-            "AlarmActions": [ref("AlarmTopic")],
-            "OKActions": [ref("AlarmTopic")],
-            **metric,
-        },
-    }
+    return alarm(
+        description,
+        metric,
+        threshold=threshold,
+        periods=periods,
+        missing="notBreaching",
+        datapoints=periods,
+    )
 
 
 def _stat(metric_id: str, namespace: str, name: str, stat: str, period: int) -> Json:
