@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from urllib.parse import parse_qsl, quote
 
 REDACTED = "[REDACTED]"
@@ -187,11 +187,3 @@ def read_edge(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str | Non
             value = raw_value.decode("utf-8", "replace").strip()[:MAX_IDENTITY_CHARS]
             out[field] = value or None
     return out
-
-
-def missing_audit_header(headers: Mapping[str, str]) -> str | None:
-    """The first required attribution header that is absent or blank, if any."""
-    for name in AUDIT_HEADERS:
-        if not headers.get(name, "").strip():
-            return name
-    return None

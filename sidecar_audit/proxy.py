@@ -115,7 +115,6 @@ class Exchange:
         self.method = request.method
         self.path = request.path
         self.query = request.query_string
-        self.raw_request_headers = request.raw_headers
         # The wire's bytes as text, one char per byte: forwarded to vLLM unchanged.
         self.headers_in = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
@@ -126,9 +125,8 @@ class Exchange:
         self.body = b""
         self.members: dict[str, Any] | None = None
         self.usage_added = False
-        self.fingerprint: tuple[Any] | None = (
-            None  # vLLM's system_fingerprint, if the answer had one
-        )
+        # vLLM's system_fingerprint, when the answer had the member (its value may be null)
+        self.fingerprint: tuple[Any] | None = None
         self.facts = errors.Facts()
         self.response_headers: list[tuple[str, str]] = []
         self.capture: BodyCapture | StreamCapture | None = None

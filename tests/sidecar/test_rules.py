@@ -16,7 +16,6 @@ from sidecar_audit.headers import (
     Redaction,
     choose_request_id,
     client_response_headers,
-    missing_audit_header,
     read_identity,
     recorded_headers,
     recorded_query,
@@ -208,7 +207,13 @@ def test_identity_headers_decode_utf8() -> None:
     ],
 )
 def test_missing_audit_header(headers: dict[str, str], missing: str | None) -> None:
-    assert missing_audit_header(headers) == missing
+    raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+    if missing is None:
+        read_identity(raw, required=True)
+        return
+    with pytest.raises(IdentityProblem) as caught:
+        read_identity(raw, required=True)
+    assert (caught.value.header, caught.value.kind) == (missing, "missing")
 
 
 def test_attribution_defaults() -> None:
