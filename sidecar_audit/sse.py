@@ -308,12 +308,13 @@ class TerminalDetector:
     no `[DONE]`). The answer does not depend on how the stream was split.
     """
 
-    __slots__ = ("_decoder", "_lf_only", "_tail", "_types")
+    __slots__ = ("_decoder", "_lf_only", "_partial", "_tail", "_types")
 
     def __init__(self, types: tuple[bytes, ...] | None) -> None:
         self._decoder = SSEDecoder()
         self._types = types
         self._tail = b""
+        self._partial = b""  # LF-only bytes after the last blank line, for a switch to decoding
         self._lf_only = types is None
 
     def feed(self, chunk: bytes) -> bool:
@@ -327,10 +328,13 @@ class TerminalDetector:
                 # the bytes a split may have left behind). No decoding per chunk.
                 window = self._tail + chunk
                 self._tail = window[-_DONE_TAIL:]
+                cut = chunk.rfind(b"\n\n")
+                self._partial = chunk[cut + 2 :] if cut >= 0 else self._partial + chunk
                 return window.endswith(_DONE_AFTER_EVENT) or window == _DONE_EVENT
-            # CR framing: decode from here on (vLLM frames whole events per write, so a
-            # chunk boundary is an event boundary; a mistake would only delay a hold).
+            # CR framing: decode from here on, starting with the unfinished event the LF-only
+            # bytes left (a read boundary is not an event boundary: TCP splits anywhere).
             self._lf_only = False
+            chunk, self._partial = self._partial + chunk, b""
         found = False
         for payload in self._decoder.feed(chunk):
             found = self._is_terminal(payload) or found

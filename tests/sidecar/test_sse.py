@@ -398,3 +398,23 @@ def test_not_terminal(path: str, stream: bytes) -> None:
 )
 def test_terminal(path: str, stream: bytes) -> None:
     assert detected_at(path, [stream]) == [0]
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b'data: {"a":1}\n\ndata: [DONE]\r\n\r\n',
+        b'data: {"a":1}\r\n\r\ndata: [DONE]\r\n\r\n',
+        b'data: {"c":"data: [DONE]\\n\\n"}\n\ndata: [DONE]\n\n',
+    ],
+)
+def test_the_done_detector_agrees_with_decoding_at_every_two_splits(stream: bytes) -> None:
+    # A CR first seen mid-stream must not lose the unfinished event the LF-only bytes left.
+    from sidecar_audit.sse import SSEDecoder, terminal_detector
+
+    for i in range(1, len(stream)):
+        for j in range(i, len(stream)):
+            chunks = [c for c in (stream[:i], stream[i:j], stream[j:]) if c]
+            decoder, detector = SSEDecoder(), terminal_detector("/v1/chat/completions")
+            expected = [b"[DONE]" in decoder.feed(c) for c in chunks]
+            assert [detector.feed(c) for c in chunks] == expected, chunks
