@@ -80,6 +80,9 @@ REQUEST_MEMBERS = ("model", "stream", "stream_options", "n")
 _NESTED_MEMBERS = {"stream_options": ("include_usage", "continuous_usage_stats")}
 _RESPONSE_MEMBERS = ("model", "usage", "system_fingerprint")
 _ERROR_MEMBERS = ("error", "message")
+FINGERPRINT_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/chat/completions/batch"}
+)
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,13 @@ class Exchange:
                 members = readers.response.read(body_facts.head) or {}
                 usage = members.get("usage")
                 model = _text(members, "model") or model
-                if facts.status == 200 and "system_fingerprint" in members:
+                # Only the routes vLLM stamps with its one per-server value (WIRE_FORMAT.md):
+                # a route answering `"system_fingerprint": null` must not teach the memo.
+                if (
+                    facts.status == 200
+                    and self.path in FINGERPRINT_PATHS
+                    and "system_fingerprint" in members
+                ):
                     self.fingerprint = (members["system_fingerprint"],)
         else:
             response_view = {"body": None, "bytes": 0, "sha256": None, "truncated": False}
