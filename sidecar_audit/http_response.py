@@ -79,7 +79,7 @@ class ResponseReader:
         # (Nothing can arrive after the end: a second message or HEAD's stop raises _Stop.)
         self.on_body = receiver.on_body
         self._method_head = method.upper() == "HEAD"
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
         self._reason = ""
@@ -98,12 +98,13 @@ class ResponseReader:
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises `MalformedResponse` if it is not HTTP/1.1 (before the end)."""
-        if self._ended:
+        parser = self._parser
+        if parser is None:  # ended (or closed): any byte now is one too many
             if data:
                 self._receiver.on_trailing()
             return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             # httptools wraps what a callback raised; unwrap ours, re-raise a defect as is.
             cause = exc.__context__
@@ -116,12 +117,23 @@ class ResponseReader:
             if not self._ended:
                 raise MalformedResponse(str(exc)) from None
             self._receiver.on_trailing()  # bytes after the end that are not even HTTP
+        finally:
+            if self._ended:
+                self.close()
+
+    def close(self) -> None:
+        """Drop the parser. It holds this reader's callbacks and the reader holds it: a
+        reference cycle that only the cyclic GC would free, one per response (and the
+        GC's pauses are the event loop's pauses). Called at the end and by a connection
+        that gives up on the response."""
+        self._parser = None
 
     def eof(self) -> bool:
         """The connection ended: True if that completes a close-delimited body."""
         if self._ended or not (self._started and self._until_close):
             return False
         self._end(clean=False)
+        self.close()
         return True
 
     # --- httptools callbacks --------------------------------------------------------------
@@ -139,6 +151,7 @@ class ResponseReader:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        assert self._parser is not None  # a callback of the parser itself
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             self._interim = True
@@ -169,6 +182,7 @@ class ResponseReader:
             self._reason = ""
             return
         if not self._ended:
+            assert self._parser is not None  # a callback of the parser itself
             self._end(clean=self._parser.should_keep_alive())
 
     # --- internals ------------------------------------------------------------------------

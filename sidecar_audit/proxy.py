@@ -36,7 +36,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import HttpVersion11, web
@@ -432,7 +432,9 @@ class Proxy:
         return set_member(ex.body, "stream_options", options)
 
     def _reject(self, ex: Exchange, err: errors.ProxyError) -> web.Response:
-        ex.facts.rejected = err
+        # A copy never raised is kept: the raised one's traceback holds the frames that
+        # hold `ex` (a reference cycle per refused request, left to the cyclic GC).
+        ex.facts.rejected = replace(err)
         return self._reply(ex, err)
 
     def _reply(self, ex: Exchange, err: errors.ProxyError) -> web.Response:

@@ -350,10 +350,22 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         self._cancel_timer()
         self._pending.clear()
+        if self._reader is not None:  # it and its parser refer to each other and to us
+            self._reader.close()
+            self._reader = None
         if self.state is not State.CLOSED:
             self._to(State.CLOSED)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def discard(self) -> None:
+        """The pool lets go of this connection for good: close it and drop what would tie
+        it into reference cycles (a raised error's traceback holds frames that hold this
+        connection; the sink holds the exchange), so it is freed at once by reference
+        counting instead of by the cyclic GC, whose pauses stall every stream."""
+        self.close()
+        self._error = None
+        self._sink = None
 
     # --- internals ------------------------------------------------------------------------
 
@@ -456,12 +468,12 @@ class UpstreamPool:
                 try:
                     await conn.send(method, head, body, self._read_timeout)
                 except StaleConnection:
-                    conn.close()
+                    conn.discard()
                     if attempt == 2:
                         raise
                     continue
                 except BaseException:
-                    conn.close()
+                    conn.discard()
                     raise
                 return conn
         except BaseException:
@@ -478,12 +490,12 @@ class UpstreamPool:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
-            conn.close()
+            conn.discard()
 
     def close(self) -> None:
         self._closed = True
         while self._idle:
-            self._idle.pop().close()
+            self._idle.pop().discard()
 
     async def _connection(self, *, fresh: bool) -> Connection:
         now = time.monotonic()
@@ -493,7 +505,7 @@ class UpstreamPool:
                 self._prune(now)
                 conn.assert_idle()
                 return conn
-            conn.close()
+            conn.discard()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -516,4 +528,4 @@ class UpstreamPool:
         """Close idle connections that have expired (the oldest are at the left)."""
         idle = self._idle
         while idle and (idle[0].closed or now - idle[0].idle_since >= self._keepalive_s):
-            idle.popleft().close()
+            idle.popleft().discard()

@@ -10,6 +10,7 @@ bytes after the body.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -25,6 +26,7 @@ from sidecar_audit.upstream import (
     Wake,
     request_head,
 )
+from tests.sidecar.garbage import our_garbage
 
 # --- framing, sans I/O (llhttp through ResponseReader) ----------------------------------
 
@@ -449,3 +451,32 @@ async def test_waiting_for_a_free_connection_times_out(serve) -> None:
         await pool.request("POST", "/v1/chat/completions", [], b"{}")
     pool.release(held)
     pool.close()
+
+
+async def test_exchanges_leave_nothing_for_the_cyclic_gc(serve) -> None:
+    # Each response's parser and reader used to refer to each other: one cycle per answer,
+    # freed only by the GC, whose pauses stall every stream on the loop (bench/README.md).
+    chunked = [
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"5\r\nhello\r\n",
+        0.001,
+        b"0\r\n\r\n",
+    ]
+    scripts = {0: chunked, 1: ok(b"plain"), 2: [*ok(b"closing"), None], 3: [*chunked[:2], None]}
+    server = await serve(lambda n, req: scripts[n % 4])
+    pool = pool_for(server.url)
+    our_garbage()
+    gc.disable()
+    try:
+        outcomes = []
+        for _ in range(5):
+            for _ in range(4):
+                try:
+                    outcomes.append(await fetch(pool))
+                except UpstreamBroken:
+                    outcomes.append("broken")
+        assert outcomes.count("broken") == 5  # the cut-short answers did fail
+        assert our_garbage() == []
+    finally:
+        gc.enable()
+        pool.close()

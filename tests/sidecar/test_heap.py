@@ -1,0 +1,128 @@
+"""The request path leaves no reference cycles, whatever the outcome of the exchange.
+
+The sidecar's application runs in this process (aiohttp's test server on
+loopback, the real stand-in as vLLM, S3 on moto) so that the garbage collector
+can be asked what the traffic left: with the GC disabled during the traffic,
+anything of the sidecar's that only the cyclic GC could free is a defect (see
+tests/sidecar/garbage.py for why it matters: GC passes stop every stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import uuid
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from sidecar_audit.app import TRAIL, build_app
+from sidecar_audit.config import Config
+from tests.audit_s3 import create_bucket
+from tests.sidecar.garbage import our_garbage
+from tests.sidecar_fixture import AUDIT_HEADERS
+
+CHAT = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+async def sidecar_in_process(
+    standin_session, moto_server, aws_endpoint_env, tmp_path: Path, monkeypatch
+):  # type: ignore[no-untyped-def]
+    for name, value in aws_endpoint_env.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"audit-{uuid.uuid4().hex[:12]}"
+    create_bucket(moto_server, bucket)
+    config = Config.from_env(
+        {
+            "UPSTREAM_URL": standin_session.url,
+            "AUDIT_BUCKET": bucket,
+            "AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
+            "AUDIT_FLUSH_INTERVAL_S": "0.2",
+            "METRICS_PORT": "0",
+            "EMF_INTERVAL_S": "0",
+            "HEALTH_CACHE_S": "0",
+            "CLIENT_WRITE_STALL_S": "1",
+        }
+    )
+    app = build_app(config)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield app, f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.close()
+
+
+async def _traffic(url: str) -> None:
+    headers = {**AUDIT_HEADERS, "content-type": "application/json"}
+    stream = {**CHAT, "stream": True}
+    async with aiohttp.ClientSession() as session:
+
+        async def post(body: dict, path: str = "/v1/chat/completions", **extra: str) -> int:
+            async with session.post(
+                url + path, data=orjson.dumps(body), headers={**headers, **extra}
+            ) as response:
+                await response.read()
+                return response.status
+
+        statuses = [
+            await post(stream),
+            await post({**stream, "stream_options": {"include_usage": True}, "n": 2}),
+            await post(CHAT),
+            await post({"model": CHAT["model"], "prompt": "hi", "stream": True}, "/v1/completions"),
+            await post(stream, **{"x-standin-scenario": "error_midstream"}),
+            await post(CHAT, **{"x-standin-scenario": "http_error"}),
+            await post(CHAT, "/v1/load_lora_adapter"),  # never forwarded: 404
+            await post(CHAT, **{"x-llm-user": ""}),  # no identity: 400
+        ]
+        assert statuses[:5] == [200] * 5 and statuses[6:] == [404, 400], statuses
+        async with session.get(url + "/v1/models", headers=headers) as response:
+            assert response.status == 200
+        # A client that leaves mid-stream, and one that leaves before the answer.
+        for wait_for_first_bytes in (True, False):
+            reader, writer = await asyncio.open_connection(*url[7:].split(":"))
+            body = orjson.dumps({**stream, "max_tokens": 500})
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n%bcontent-length: %d\r\n\r\n%b"
+                % (head.encode(), len(body), body)
+            )
+            if wait_for_first_bytes:
+                await reader.read(100)
+            writer.transport.abort()
+        await asyncio.sleep(0.3)  # the aborted exchanges finish on the sidecar's side
+
+
+async def test_no_outcome_leaves_a_cycle_for_the_gc(sidecar_in_process) -> None:
+    app, url = sidecar_in_process
+    await _traffic(url)  # warm: first-use objects (clients, caches) are not per request
+    our_garbage()
+    accepted = app[TRAIL].snapshot().records_spooled
+    gc.disable()
+    try:
+        for _ in range(3):
+            await _traffic(url)
+        assert app[TRAIL].snapshot().records_spooled - accepted == 3 * 11
+        garbage = our_garbage()
+        assert garbage == [], collections.Counter(garbage)
+    finally:
+        gc.enable()
+
+
+def test_the_process_freezes_its_start_up_heap_before_serving(
+    standin_session, start_sidecar
+) -> None:
+    sidecar = start_sidecar(standin_session.url)
+    frozen = [
+        orjson.loads(line)
+        for line in sidecar.log_lines()
+        if line.startswith("{") and "start-up heap frozen" in line
+    ]
+    assert len(frozen) == 1
+    # botocore's models, aiohttp, the spool: far more than any per-request garbage.
+    assert frozen[0]["frozenObjects"] > 20_000
