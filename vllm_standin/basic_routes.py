@@ -32,12 +32,12 @@ from vllm_standin.errors import (
     validation_error,
 )
 from vllm_standin.messages import messages
+from vllm_standin.metrics import scrape
 from vllm_standin.respond import send_bytes, send_error
 from vllm_standin.responses import responses
 from vllm_standin.runtime import RUNTIME
 from vllm_standin.vocab import WORDS, detokenize, prompt_token_count, token_ids
 
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 EMBEDDING_DIM = 8
 
 
@@ -214,25 +214,6 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await send_bytes(request, 200, orjson.dumps(payload))
 
 
-async def metrics(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    stats = runtime.journal.stats
-    labels = f'engine="0",model_name="{runtime.options.model}"'
-    lines = [
-        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
-        "# TYPE vllm:num_requests_running gauge",
-        f"vllm:num_requests_running{{{labels}}} {float(max(stats.in_flight - 1, 0))}",
-        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
-        "# TYPE vllm:num_requests_waiting gauge",
-        f"vllm:num_requests_waiting{{{labels}}} 0.0",
-        "# HELP vllm:request_success_total Count of successfully processed requests.",
-        "# TYPE vllm:request_success_total counter",
-        f"vllm:request_success_total{{{labels}}} {float(stats.completed)}",
-        "",
-    ]
-    return await send_bytes(request, 200, "\n".join(lines).encode(), METRICS_CONTENT_TYPE)
-
-
 async def invocations(request: web.Request) -> web.StreamResponse:
     """SageMaker's entry point: dispatch on the body's shape, chat first (as vLLM does)."""
     media_type = request.headers.get("Content-Type", "").lower().split(";", maxsplit=1)[0]
@@ -306,7 +287,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/tokenize", tokenize),
         web.post("/detokenize", detokenize_route),
         web.post("/v1/embeddings", embeddings),
-        web.get("/metrics", metrics),
+        web.get("/metrics", scrape),
         web.post("/invocations", invocations),
         *_dev_routes(),
     ]

@@ -178,8 +178,6 @@ def _answer_tokens(response: web.StreamResponse) -> int:
 
 @web.middleware
 async def observe_engine(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == "/metrics" and request.method == "GET":
-        return scrape(request)
     if request.method != "POST" or request.path not in GENERATING:
         return await handler(request)
     metrics = request.app[METRICS]
@@ -203,7 +201,8 @@ async def observe_engine(request: web.Request, handler: Handler) -> web.StreamRe
         metrics.finished(time.monotonic() - started, tokens, aborted)
 
 
-def scrape(request: web.Request) -> web.Response:
+async def scrape(request: web.Request) -> web.Response:
+    """`GET /metrics`: vLLM's engine metrics under their 0.33 names and types."""
     return web.Response(
         body=generate_latest(request.app[METRICS].registry),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
@@ -211,10 +210,7 @@ def scrape(request: web.Request) -> web.Response:
 
 
 def install(app: web.Application) -> None:
-    """Observe generating requests and answer `GET /metrics` (call before the app starts).
-
-    The middleware answers `/metrics` itself, ahead of basic_routes' older text
-    (three gauges without vLLM's labels), which it supersedes."""
+    """Observe generating requests for `GET /metrics` (call before the app starts)."""
     options = app[RUNTIME].options
     app[METRICS] = EngineMetrics(
         options.model, options.ttft_ms / 1000, options.itl_ms / 1000, options.max_model_len
