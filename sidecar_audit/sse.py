@@ -242,7 +242,8 @@ class UsageChunkFilter:
             return b""
         complete, self._partial = data[:cut], data[cut:]
         # The common case, a token chunk with nothing to stamp or remove: C scans only.
-        if _FINISH not in complete and _USAGE not in complete:
+        # (Not while a terminal chunk is held: what ends the stream must queue behind it.)
+        if not self._held and _FINISH not in complete and _USAGE not in complete:
             return complete
         out: list[bytes] = []
         for event in _split_events(complete):
@@ -271,6 +272,12 @@ class UsageChunkFilter:
                     out.append(_with_fingerprint(event, self._memo.value))
                 else:
                     self._held.append(event)
+            elif choices is None and self._held:
+                # Not a chunk (vLLM's error event): no usage chunk will come; what was
+                # held goes first, as it was, to keep vLLM's order.
+                out.extend(self._held)
+                self._held.clear()
+                out.append(event)
             else:
                 out.append(event)
         if self._passthrough and self._partial:

@@ -171,6 +171,24 @@ def test_usage_filter_releases_held_events_when_no_usage_arrives() -> None:
 
 
 @pytest.mark.parametrize(
+    "after",
+    [
+        b"data: [DONE]\n\n",
+        # vLLM's mid-stream error event, then [DONE] (openai/chat_completion/serving.py:505-507)
+        b'data: {"error": {"message": "boom", "type": "BadRequestError", "param": null, '
+        b'"code": 400}}\n\ndata: [DONE]\n\n',
+    ],
+)
+def test_what_ends_a_stream_without_usage_never_overtakes_a_held_chunk(after: bytes) -> None:
+    # A cold memo holds the terminal chunk for the usage chunk; when the stream ends
+    # without one, the client must get vLLM's order at every split (the token fast
+    # path once let `[DONE]` through ahead of the held chunk).
+    raw = _chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]) + after
+    for cut in range(len(raw) + 1):
+        assert filtered(raw, [cut]) == raw, f"split at {cut}"
+
+
+@pytest.mark.parametrize(
     ("tail", "expected_tail"),
     [
         # vLLM 0.33 passes kv_transfer_params explicitly, so it follows the fingerprint.

@@ -9,6 +9,8 @@ is generated.
 from __future__ import annotations
 
 import itertools
+import socketserver
+import threading
 import time
 import uuid
 
@@ -473,3 +475,96 @@ async def test_head_and_first_event_are_not_held_for_the_next_token(
         assert head_at < ttft + itl / 2
         assert first < ttft + itl / 2
         assert first < second - itl / 2
+
+
+class _OneReadUpstream(socketserver.ThreadingTCPServer):
+    """An upstream that sends the response head, the role event and the first token in
+    ONE write (one TCP segment on loopback: one read on the sidecar's side), then waits
+    `gap` seconds before the rest — vLLM's timing with the TTFT already spent. Answers
+    `GET /health` with 200. Runs in its own threads: the test's loop stays free."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    gap = 0.3
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _OneReadHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _OneReadHandler(socketserver.StreamRequestHandler):
+    server: _OneReadUpstream
+
+    def handle(self) -> None:
+        while head := self._read_head():
+            path = head.split(b" ", 2)[1]
+            if path == b"/health":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                continue
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+                + _chunk(_event({"role": "assistant", "content": ""}))
+                + _chunk(_event({"content": "Hello"}))
+            )
+            time.sleep(self.server.gap)
+            self.wfile.write(
+                _chunk(_event({"content": " there"}, "stop"))
+                + _chunk(b"data: [DONE]\n\n")
+                + b"0\r\n\r\n"
+            )
+
+    def _read_head(self) -> bytes:
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            line = self.rfile.readline()
+            if not line:
+                return b""
+            head += line
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        self.rfile.read(length)
+        return head
+
+
+def _event(delta: dict, finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": CHAT["model"],
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+async def test_bytes_that_came_with_the_head_are_relayed_before_the_next_upstream_read(
+    start_sidecar,
+) -> None:
+    """Deterministic form of issue #11's item 1: the head and the first two events reach
+    the sidecar in one read, the next bytes 300 ms later. The old relay lost its wake-up
+    in exactly this case and held the first events until the next read (fails on c7edefc:
+    first event at ~300 ms); every request here must get them at once."""
+    upstream = _OneReadUpstream()
+    try:
+        sidecar = start_sidecar(upstream.url)
+        for _ in range(3):  # a fresh upstream connection, then reused ones
+            url = f"{sidecar.url}/v1/chat/completions"
+            head_at, events = await raw_stream(url, {**CHAT, "stream": True}, audit_headers(rid()))
+            first, last = events[0][0], events[-1][0]
+            assert head_at < upstream.gap / 2
+            assert first < upstream.gap / 2, f"first event held for {first * 1000:.0f} ms"
+            assert last >= upstream.gap  # the rest really came later
+            # ... and in vLLM's order, though no usage chunk came (a cold fingerprint
+            # memo held the terminal chunk for one: sse.UsageChunkFilter)
+            assert [data for _, _, data in events][-1] == b"[DONE]"
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
