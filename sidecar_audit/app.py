@@ -2,11 +2,12 @@
 
 Start order (`cleanup_ctx`, torn down in reverse): the upstream connection
 pool (and the health probe's client session), the audit trail (spool
-recovery, then the shipper), the proxy, the metrics listener, the CloudWatch
-EMF reporter. On SIGTERM aiohttp stops accepting connections and lets
-in-flight requests finish for `SHUTDOWN_GRACE_S`; then the audit trail ships
-what the spool holds for up to `SHUTDOWN_SHIP_S` and the process exits 0.
-Whatever is not shipped stays on disk for the next process.
+recovery, then the shipper), ECS task scale-in protection, the proxy, the
+metrics listener, the CloudWatch EMF reporter. On SIGTERM aiohttp stops
+accepting connections, task protection is let go at once (`on_shutdown`, before
+the wait), and in-flight requests finish for `SHUTDOWN_GRACE_S`; then the audit
+trail ships what the spool holds for up to `SHUTDOWN_SHIP_S` and the process
+exits 0. Whatever is not shipped stays on disk for the next process.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .health import HealthLimits, UpstreamProbe, verdict
 from .identity import discover_identity
 from .metrics import AuditSnapshot, Metrics
 from .proxy import Finished, Proxy
+from .task_protection import TaskProtection, task_protection
 from .upstream import UpstreamPool
 
 log = logging.getLogger("sidecar_audit")
@@ -38,6 +40,7 @@ TRAIL = web.AppKey("trail", AuditTrail)
 METRICS = web.AppKey("metrics", Metrics)
 PROXY = web.AppKey("proxy", Proxy)
 PROBE = web.AppKey("probe", UpstreamProbe)
+PROTECTION = web.AppKey("protection", TaskProtection)
 EXIT_CODE = web.AppKey("exit_code", list[int])
 
 
@@ -48,6 +51,8 @@ def build_app(config: Config) -> web.Application:
     app[METRICS] = Metrics(lambda: app[TRAIL].snapshot(), config.metrics_models)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_audit_trail)
+    app.cleanup_ctx.append(_task_protection)
+    app.on_shutdown.append(_stop_protecting)
     app.cleanup_ctx.append(_proxy)
     app.cleanup_ctx.append(_metrics_listener)
     app.cleanup_ctx.append(_emf_reporter)
@@ -104,6 +109,17 @@ def _fatal(app: web.Application) -> Callable[[str], None]:
     return stop
 
 
+async def _task_protection(app: web.Application) -> AsyncIterator[None]:
+    async with task_protection(app[CONFIG], app[METRICS].registry) as protection:
+        app[PROTECTION] = protection
+        yield
+
+
+async def _stop_protecting(app: web.Application) -> None:
+    """A task told to stop holds no protection (the streams still finish in the grace)."""
+    app[PROTECTION].begin_stop()
+
+
 async def _proxy(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     identity = await discover_identity(app[SESSION])
@@ -158,12 +174,14 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _forward(request: web.Request) -> web.StreamResponse:
-    metrics = request.app[METRICS]
+    metrics, protection = request.app[METRICS], request.app[PROTECTION]
     metrics.in_flight.inc()
+    protection.busy()
     try:
         return await request.app[PROXY].handle(request)
     finally:
         metrics.in_flight.dec()
+        protection.idle()
 
 
 async def _health(request: web.Request) -> web.Response:

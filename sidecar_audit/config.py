@@ -81,6 +81,25 @@ def _http_url(raw: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def _agent_uri(raw: str) -> str:
+    """The ECS agent's API root (`http://169.254.170.2/api/<id>`): path kept, no query."""
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be empty or an http:// URL with a host (the ECS agent sets it)")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or fragment")
+    return raw.rstrip("/")
+
+
+def _expiry_minutes(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 2880:
+        raise ValueError("must be a whole number of minutes from 1 to 2880 (ECS's range)")
+    return value
+
+
 def _path_patterns(raw: str) -> tuple[str, ...]:
     patterns = tuple(p.strip() for p in raw.split(",") if p.strip())
     if not patterns:
@@ -446,6 +465,56 @@ SETTINGS: tuple[Setting, ...] = (
         "Worker processes sharing the port (SO_REUSEPORT); each writes its own spool "
         "segments in `AUDIT_SPOOL_DIR`, worker i serves metrics on `METRICS_PORT`+i.",
     ),
+    Setting(
+        "ECS_AGENT_URI",
+        "ecs_agent_uri",
+        "",
+        _agent_uri,
+        "Set by the ECS agent in every container (never by hand): the agent API that task "
+        "scale-in protection is asked through. Empty (local, compose): no protection.",
+    ),
+    Setting(
+        "TASK_PROTECTION",
+        "task_protection",
+        "true",
+        _bool,
+        "Keep the ECS task protected from scale-in while requests are in flight and for "
+        "`TASK_PROTECTION_IDLE_S` after the last one (needs `ECS_AGENT_URI`, `WORKERS=1` "
+        "and the task role's `ecs:UpdateTaskProtection`); see docs/observability.md.",
+    ),
+    Setting(
+        "TASK_PROTECTION_MINUTES",
+        "task_protection_minutes",
+        "15",
+        _expiry_minutes,
+        "`ExpiresInMinutes` of each protection call (1-2880): how long a protection outlives "
+        "a sidecar that died without removing it.",
+    ),
+    Setting(
+        "TASK_PROTECTION_RENEW_S",
+        "task_protection_renew",
+        "0",
+        _non_negative_float,
+        "Seconds between renewals while protection is wanted; 0: half of "
+        "`TASK_PROTECTION_MINUTES`. Must be shorter than the expiry.",
+    ),
+    Setting(
+        "TASK_PROTECTION_IDLE_S",
+        "task_protection_idle",
+        "60",
+        _positive_float,
+        "Quiet period: protection is removed once no request has been in flight for this "
+        "long (bursts do not toggle it; one agent call per change, never per request).",
+    ),
+    Setting(
+        "TASK_PROTECTION_MAX_HOLD_S",
+        "task_protection_max_hold",
+        "3600",
+        _non_negative_float,
+        "Longest continuous protection: after it the task lets protection go even if busy "
+        "(so steady load cannot block scale-in forever) and asks again only after a quiet "
+        "period; 0: no limit.",
+    ),
     Setting("LOG_LEVEL", "log_level", "info", _log_level, "debug, info, warning or error."),
 )
 
@@ -495,6 +564,12 @@ class Config:
     emf_interval: float
     service_name: str
     workers: int
+    ecs_agent_uri: str
+    task_protection: bool
+    task_protection_minutes: int
+    task_protection_renew: float
+    task_protection_idle: float
+    task_protection_max_hold: float
     log_level: str
     redacted_headers: frozenset[str] = field(default=frozenset())
 
@@ -503,11 +578,39 @@ class Config:
             raise ConfigError(
                 "AUDIT_DIGEST_KMS_KEY_ID and AUDIT_DIGEST_SIGNING_KEY_FILE: set at most one"
             )
+        self._check_task_protection()
         names = frozenset(DEFAULT_REDACTED_HEADERS) | frozenset(self.extra_redacted_headers)
         object.__setattr__(self, "redacted_headers", names)
         if self.forward_pooling_routes:
             extra = tuple(p for p in POOLING_PATHS if p not in self.allowed_paths)
             object.__setattr__(self, "allowed_paths", self.allowed_paths + extra)
+
+    @property
+    def protects_task(self) -> bool:
+        """Task scale-in protection is on: asked for and reachable (on ECS)."""
+        return self.task_protection and bool(self.ecs_agent_uri)
+
+    def protection_renew_s(self) -> float:
+        """Seconds between renewals (TASK_PROTECTION_RENEW_S, or half the expiry)."""
+        return self.task_protection_renew or self.task_protection_minutes * 30.0
+
+    def _check_task_protection(self) -> None:
+        if not self.protects_task:
+            return
+        if self.workers > 1:
+            # Each worker sees only its own requests: one going idle would remove the
+            # protection another still needs. Until workers share one busy count, refuse.
+            raise ConfigError(
+                f"TASK_PROTECTION=true with WORKERS={self.workers}: task protection needs "
+                "WORKERS=1 (workers do not share their in-flight count); set "
+                "TASK_PROTECTION=false or WORKERS=1"
+            )
+        if self.task_protection_renew >= self.task_protection_minutes * 60:
+            raise ConfigError(
+                f"TASK_PROTECTION_RENEW_S={self.task_protection_renew:g}: must be shorter than "
+                f"TASK_PROTECTION_MINUTES ({self.task_protection_minutes} min), or protection "
+                "lapses between renewals"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Config:

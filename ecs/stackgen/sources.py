@@ -41,6 +41,7 @@ class Sources:
 
     task_definition: dict[str, Any]
     task_policy: dict[str, Any]
+    protection_policy: dict[str, Any]
     execution_policy: dict[str, Any]
     ingest_policy: dict[str, Any]
     reader_policy: dict[str, Any]
@@ -78,6 +79,7 @@ def load_sources(root: Path = REPO_ROOT) -> Sources:
     return Sources(
         task_definition=_load(root / TASK_DEFINITION),
         task_policy=_load(root / POLICIES / "ecs-task-audit-writer.json"),
+        protection_policy=_load(root / POLICIES / "ecs-task-protection.json"),
         execution_policy=_load(root / POLICIES / "ecs-task-execution.json"),
         ingest_policy=_load(root / POLICIES / "llm-audit-ingest.json"),
         reader_policy=_load(root / POLICIES / "audit-reader.json"),

@@ -21,6 +21,11 @@ from ecs.stackgen.observability import (
     observability_resources,
 )
 from ecs.stackgen.operators import operator_resources
+from ecs.stackgen.protection import (
+    protection_conditions,
+    protection_parameters,
+    protection_resources,
+)
 from ecs.stackgen.service import service_resources
 from ecs.stackgen.sources import Sources
 from ecs.stackgen.storage import storage_resources
@@ -127,6 +132,7 @@ def parameters(table_name: str) -> dict[str, Json]:
         **edge_parameters(),
         **observability_parameters(),
         **integrity_parameters(),
+        **protection_parameters(),
     }
 
 
@@ -189,6 +195,7 @@ def render_template(sources: Sources) -> dict[str, Any]:
         **edge_resources(),
         **observability_resources(),
         **integrity_resources(sources.reconcile_policy),
+        **protection_resources(sources.protection_policy),
     }
     template: dict[str, Any] = {
         "AWSTemplateFormatVersion": "2010-09-09",
@@ -203,6 +210,7 @@ def render_template(sources: Sources) -> dict[str, Any]:
             **edge_conditions(),
             **observability_conditions(),
             **integrity_conditions(),
+            **protection_conditions(),
         },
         "Resources": resources,
         "Outputs": {**outputs(), **edge_outputs(), **integrity_outputs()},

@@ -627,6 +627,7 @@ def test_non_s3_resources_name_the_stack() -> None:
     """moto treats non-S3 resources as `*`; their scoping is checked here instead."""
     for name in (
         "ecs-task-audit-writer",
+        "ecs-task-protection",
         "ecs-task-execution",
         "llm-audit-ingest",
         "audit-reader",
@@ -654,6 +655,7 @@ def test_every_policy_file_is_tested_and_in_the_stack() -> None:
     files = {p.stem for p in (ROOT / "ecs" / "policies").glob("*.json")}
     assert files == {
         "ecs-task-audit-writer",
+        "ecs-task-protection",  # tests/deploy/test_task_protection_iam.py
         "ecs-task-execution",
         "llm-audit-ingest",
         "audit-reader",

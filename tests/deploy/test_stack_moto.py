@@ -189,3 +189,19 @@ def test_signing_key_and_reconciliation_schedule(deployed_stack: DeployedStack) 
     env = {e["name"]: e["value"] for e in box["environment"]}
     assert env["AUDIT_DIGEST_KMS_KEY_ID"] == key_arn
     assert env["TABLE_NAME"] == "CentralLLMAudit"
+
+
+def test_task_role_may_protect_the_tasks_of_its_cluster(deployed_stack: DeployedStack) -> None:
+    """TaskProtection defaults to true: its policy is on the task role."""
+    iam = deployed_stack.client("iam")
+    task_role = next(r for r in iam.list_roles()["Roles"] if "-TaskRole-" in r["RoleName"])
+    document = iam.get_role_policy(
+        RoleName=task_role["RoleName"], PolicyName="ecs-task-protection"
+    )["PolicyDocument"]
+    if isinstance(document, str):
+        document = ast.literal_eval(document)
+    (statement,) = document["Statement"]
+    assert statement["Action"] == ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
+    assert statement["Resource"] == (
+        "arn:aws:ecs:eu-central-1:123456789012:task/central-llm-service-cluster/*"
+    )
