@@ -22,10 +22,11 @@ Invariants:
   framed by length or chunks): false means the connection must not be reused.
 - Malformed framing, and any byte after the end of the response, raise
   `MalformedResponse`; the caller counts it and drops the connection.
-- No reference cycle outlives a response: the reader holds this object, and this
-  object lets go of the reader at the end, on an error, or on `close()` (a
-  cycle per request would leave the generator's memory to the cyclic GC, whose
-  pauses would show up as the system's latency).
+- No reference cycle outlives a measured response (complete, malformed, cut
+  short, or given up): the reader holds this object, and this object lets go of
+  the reader at the end, on an error, or on `close()`. A cycle per request would
+  leave the generator's memory to the cyclic GC, whose pauses would show up as
+  the system's latency.
 """
 
 from __future__ import annotations
