@@ -5,8 +5,9 @@ workload names, each on its own keep-alive connection: send a request, read
 the response to its last byte, send the next, until the window closes (see
 `workload.py` for the timing rules). It is built to cost little per event so it
 is not the bottleneck: uvloop when available, one `asyncio.Protocol` per
-connection, bytes handed straight to `ResponseReader` (which counts and never
-copies the body), one clock read per socket read, no HTTP library.
+connection, bytes handed straight to `TimedResponse` (llhttp's framing, the
+sidecar's own response reader; it counts and keeps no body), one clock read per
+socket read, no HTTP client library.
 
 Invariants: a connection carries one request at a time; any error (refused,
 reset, timeout, bad framing, a response ending early) counts once under its kind
@@ -22,17 +23,17 @@ import time
 from pathlib import Path
 from typing import cast
 
-from bench.httpwire import ProtocolError, ResponseReader
+from bench.timed_response import MalformedResponse, TimedResponse
 from bench.workload import GeneratorResult, Workload
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; `request()` resolves with the finished reader."""
+    """One keep-alive connection; `request()` resolves with the finished response."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.reader: ResponseReader | None = None
-        self.waiter: asyncio.Future[ResponseReader] | None = None
+        self.response: TimedResponse | None = None
+        self.waiter: asyncio.Future[TimedResponse] | None = None
         self.closed = False
         self.on_read: _Tally | None = None
 
@@ -42,30 +43,30 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
-        reader, waiter = self.reader, self.waiter
-        if reader is None or waiter is None or waiter.done():
-            self._fail(ProtocolError("bytes outside a request"))
+        response, waiter = self.response, self.waiter
+        if response is None or waiter is None or waiter.done():
+            self._fail(MalformedResponse("bytes outside a request"))
             return
-        before = reader.events
+        before = response.events
         try:
-            finished = reader.feed(data, now)
-        except (ProtocolError, ValueError) as exc:
+            finished = response.feed(data, now)
+        except Exception as exc:  # MalformedResponse; a defect reaches the worker (generator_bug_*)
             self._fail(exc)
             return
         if self.on_read is not None:
-            self.on_read.read(now, reader.events - before, len(data))
+            self.on_read.read(now, response.events - before, len(data))
         if finished:
-            self.reader = None
-            waiter.set_result(reader)
+            self.response = None
+            waiter.set_result(response)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        reader, waiter = self.reader, self.waiter
-        if reader is None or waiter is None or waiter.done():
+        response, waiter = self.response, self.waiter
+        if response is None or waiter is None or waiter.done():
             return
-        if reader.eof(time.monotonic()):
-            self.reader = None
-            waiter.set_result(reader)
+        if response.eof(time.monotonic()):
+            self.response = None
+            waiter.set_result(response)
         else:
             waiter.set_exception(ConnectionResetError("connection closed mid-response"))
 
@@ -75,16 +76,19 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
         self.close()
 
-    def request(self, payload: bytes, reader: ResponseReader) -> asyncio.Future[ResponseReader]:
+    def request(self, payload: bytes, response: TimedResponse) -> asyncio.Future[TimedResponse]:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
-        self.reader = reader
+        self.response = response
         self.waiter = loop.create_future()
         self.transport.write(payload)
         return self.waiter
 
     def close(self) -> None:
         self.closed = True
+        response, self.response = self.response, None
+        if response is not None:  # given up mid-response (error, timeout): free its parser now
+            response.close()
         if self.transport is not None:
             self.transport.close()
 
@@ -107,16 +111,16 @@ class _Tally:
             self.result.events += events
             self.result.body_bytes += size
 
-    def finished(self, started: float, reader: ResponseReader) -> None:
+    def finished(self, started: float, response: TimedResponse) -> None:
         result = self.result
-        if reader.status != 200:
-            result.error(f"status_{reader.status}")
-        assert reader.finished_at is not None
-        if self.inside(reader.finished_at):
+        if response.status != 200:
+            result.error(f"status_{response.status}")
+        assert response.finished_at is not None
+        if self.inside(response.finished_at):
             result.completed += 1
-            result.latency_s.append(reader.finished_at - started)
-        if reader.first_content_at is not None and self.inside(reader.first_content_at):
-            result.ttft_s.append(reader.first_content_at - started)
+            result.latency_s.append(response.finished_at - started)
+        if response.first_content_at is not None and self.inside(response.first_content_at):
+            result.ttft_s.append(response.first_content_at - started)
 
 
 def _request_head(workload: Workload) -> bytes:
@@ -161,20 +165,20 @@ async def _worker(index: int, workload: Workload, tally: _Tally) -> None:
             conn.on_read = tally
         sequence += 1
         request_id = f"{workload.id_prefix}-w{index}-{sequence}"
-        reader = ResponseReader()
+        response = TimedResponse()
         started = time.monotonic()
         result.requests_started += 1
         try:
             async with asyncio.timeout(workload.request_timeout_s):
-                await conn.request(head + request_id.encode() + tail, reader)
-        except (OSError, ProtocolError, ValueError, TimeoutError) as exc:
+                await conn.request(head + request_id.encode() + tail, response)
+        except (OSError, MalformedResponse, TimeoutError) as exc:
             result.error(type(exc).__name__)
             conn.close()
         else:
-            tally.finished(started, reader)
-            if not reader.keep_alive:
+            tally.finished(started, response)
+            if not response.keep_alive:
                 conn.close()
-        if reader.status:
+        if response.status:
             result.responded_ids.append(request_id)
     if conn is not None:
         conn.close()
