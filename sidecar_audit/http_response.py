@@ -109,6 +109,9 @@ class ResponseReader:
             # httptools wraps what a callback raised; unwrap ours, re-raise a defect as is.
             cause = exc.__context__
             if isinstance(cause, _Stop):
+                # httptools keeps it (and its traceback, whose frames hold the parser):
+                # without the traceback no cycle is left for the GC.
+                cause.__traceback__ = None
                 return
             if cause is not None:
                 raise cause from None

@@ -462,17 +462,24 @@ async def test_exchanges_leave_nothing_for_the_cyclic_gc(serve) -> None:
         0.001,
         b"0\r\n\r\n",
     ]
-    scripts = {0: chunked, 1: ok(b"plain"), 2: [*ok(b"closing"), None], 3: [*chunked[:2], None]}
-    server = await serve(lambda n, req: scripts[n % 4])
+    scripts = {
+        0: chunked,
+        1: ok(b"plain"),
+        2: [*ok(b"closing"), None],
+        3: [*chunked[:2], None],
+        4: [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"],  # the answer to HEAD
+        5: [*ok(b"x", b""), b"HTTP/1.1 200 OK\r\n"],  # bytes after the end
+    }
+    server = await serve(lambda n, req: scripts[n % 6])
     pool = pool_for(server.url)
     our_garbage()
     gc.disable()
     try:
         outcomes = []
         for _ in range(5):
-            for _ in range(4):
+            for n in range(6):
                 try:
-                    outcomes.append(await fetch(pool))
+                    outcomes.append(await fetch(pool, "HEAD" if n == 4 else "GET"))
                 except UpstreamBroken:
                     outcomes.append("broken")
         assert outcomes.count("broken") == 5  # the cut-short answers did fail
