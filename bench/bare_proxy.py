@@ -28,7 +28,7 @@ _DROP = {"host", "connection", "keep-alive", "transfer-encoding", "content-lengt
 def build_app(upstream: str) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
 
-    async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    async def session_ctx(app: web.Application):
         connector = aiohttp.TCPConnector(limit=2048, keepalive_timeout=4)
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
             app["session"] = session

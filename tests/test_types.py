@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ["sidecar_audit", "central_llm_ops", "vllm_standin", "lambda/llm_audit"]
+PACKAGES = ["sidecar_audit", "central_llm_ops", "vllm_standin", "lambda/llm_audit", "bench"]
 
 pytestmark = pytest.mark.timeout(600)
 

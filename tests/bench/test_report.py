@@ -67,9 +67,16 @@ def test_added_values_are_per_repeat_medians_so_drift_cancels() -> None:
 
 
 def test_targets_are_judged_from_the_rows() -> None:
-    judged = {t["target"]: t for t in targets(summarise(matrix()), None)}
+    cells = matrix()
+    for r in (1, 2, 3):  # 1 stream: the sidecar adds 1.5 ms at the tail (limit 1 ms)
+        cells.append(cell("direct", "stream-1", r, ttft_p99_ms=10.0))
+        cells.append(cell("sidecar", "stream-1", r, ttft_p99_ms=11.5))
+    judged = {t["target"]: t for t in targets(summarise(cells), None)}
     assert judged["sidecar: CPU per 1k streamed events vs nginx (stream-128)"]["met"] is False
-    assert judged["sidecar: added TTFT p99 vs direct (stream-128)"]["met"] is True
+    over = judged["sidecar: added TTFT p99 over nginx's (stream-128)"]
+    assert over["value"] == pytest.approx(0.5) and over["met"] is True
+    assert judged["sidecar: added TTFT p99 vs direct (stream-1)"]["value"] == pytest.approx(1.5)
+    assert judged["sidecar: added TTFT p99 vs direct (stream-1)"]["met"] is False
     assert judged["sidecar: requests/s vs LiteLLM (nonstream-32)"]["met"] is True
     assert judged["sidecar: 512 streams, errors and peak RSS (MB)"]["met"] == "n/a"
     noise = judged["sidecar: added total latency p50 vs nginx's (stream-128)"]
