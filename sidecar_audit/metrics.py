@@ -19,7 +19,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 # Paths vLLM serves; anything else is labelled "other" so a scanner cannot explode cardinality.
@@ -271,6 +279,10 @@ class Metrics:
     ) -> None:
         self.models = models
         r = self.registry = CollectorRegistry()
+        # The process's own CPU, memory and garbage-collector passes (process_*,
+        # python_gc_*): a GC pass stops every stream on the loop (bench/README.md).
+        r.register(PROCESS_COLLECTOR)
+        r.register(GC_COLLECTOR)
         self.requests = Counter(
             "llm_sidecar_requests",
             "Proxied requests by path, status and outcome.",

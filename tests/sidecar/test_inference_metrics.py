@@ -114,3 +114,16 @@ async def test_emf_line_carries_requests_errors_and_a_ttft_distribution(
             assert all(v >= TTFT_MS / 1000 for v in dist["Values"])  # upper bounds
             counts += sum(dist["Counts"])
     assert counts == 3  # the three streams that produced a token
+
+
+async def test_the_process_exports_its_cpu_memory_and_gc_passes(
+    standin_session: Standin, start_sidecar: StartSidecar
+) -> None:
+    sidecar = start_sidecar(standin_session.url)
+    await _traffic(sidecar.url, "Qwen/Qwen2.5-0.5B-Instruct")
+    s = scrape(sidecar.metrics_url)
+    assert s.value("process_cpu_seconds_total") > 0
+    assert s.value("process_resident_memory_bytes") > 20e6
+    # one series per generation; the start-up collection (workers.py) counts already
+    assert s.total("python_gc_collections_total") >= 1
+    assert len(s.series("python_gc_collections_total")) == 3
