@@ -17,6 +17,7 @@ import pytest
 
 from sidecar_audit.http_response import MalformedResponse, ResponseHead, ResponseReader
 from sidecar_audit.upstream import (
+    ClientGone,
     ProtocolStateError,
     UpstreamBroken,
     UpstreamBusy,
@@ -480,3 +481,33 @@ async def test_exchanges_leave_nothing_for_the_cyclic_gc(serve) -> None:
     finally:
         gc.enable()
         pool.close()
+
+
+async def test_a_sink_that_fails_mid_buffer_stops_the_parsing_there(serve) -> None:
+    # The client leaves just as the last chunks and the end arrive in one segment: the
+    # sink fails on the first, the connection closes (dropping the reader's parser), and
+    # llhttp must not go on calling back into a closed connection (an exception escaped
+    # data_received: the loop logged a fatal protocol error).
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    server = await serve(lambda n, req: [head, 0.05, b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"])
+    loop = asyncio.get_running_loop()
+    escaped: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: escaped.append(context))
+    pool = pool_for(server.url)
+    conn = await pool.request("GET", "/v1/models", [], b"")
+    calls: list[bytes] = []
+
+    def gone(data: bytes) -> None:
+        calls.append(data)
+        raise ClientGone("client gone")
+
+    conn.start_body(gone)
+    with pytest.raises(ClientGone):
+        await conn.wait()
+    await asyncio.sleep(0.05)
+    assert calls == [b"abc"]  # nothing handed to the sink after it failed
+    assert escaped == []
+    assert not conn.reusable and conn.closed
+    pool.release(conn)
+    pool.close()
+    loop.set_exception_handler(None)
