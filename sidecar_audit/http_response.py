@@ -107,11 +107,12 @@ class ResponseReader:
             parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             # httptools wraps what a callback raised; unwrap ours, re-raise a defect as is.
-            cause = exc.__context__
-            if isinstance(cause, _Stop):
+            # No local name for it: its traceback holds this frame (through the callbacks'
+            # f_back), and a local here would close a reference cycle per stop.
+            if isinstance(exc.__context__, _Stop):
                 return
-            if cause is not None:
-                raise cause from None
+            if exc.__context__ is not None:
+                raise exc.__context__ from None
             raise
         except httptools.HttpParserError as exc:
             if not self._ended:

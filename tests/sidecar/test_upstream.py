@@ -511,3 +511,26 @@ async def test_a_sink_that_fails_mid_buffer_stops_the_parsing_there(serve) -> No
     pool.release(conn)
     pool.close()
     loop.set_exception_handler(None)
+
+
+async def test_answers_stopped_early_leave_nothing_for_the_cyclic_gc(serve) -> None:
+    # A response to HEAD, and one followed by bytes (a second response, or junk), stop
+    # llhttp from a callback: the stop's traceback must not keep the reader's frames.
+    answers = [
+        ok(b"abc"),  # to HEAD: ends with its head
+        [ok(b"abc")[0] + b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"],
+        [ok(b"abc")[0] + b"HTTP/1.1 200 OK\r\n"],
+        [ok(b"abc")[0] + b"\x00junk"],
+    ]
+    server = await serve(lambda n, req: answers[n % 4])
+    pool = pool_for(server.url)
+    our_garbage()
+    gc.disable()
+    try:
+        outcomes = [await fetch(pool, method="HEAD" if n % 4 == 0 else "GET") for n in range(8)]
+        assert outcomes == [(200, b""), (200, b"abc"), (200, b"abc"), (200, b"abc")] * 2
+        assert server.connections == 8  # none of them was reused
+        assert our_garbage() == []
+    finally:
+        gc.enable()
+        pool.close()
