@@ -107,14 +107,14 @@ class ResponseReader:
             parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             # httptools wraps what a callback raised; unwrap ours, re-raise a defect as is.
-            cause = exc.__context__
-            if isinstance(cause, _Stop):
-                # httptools keeps it (and its traceback, whose frames hold the parser):
-                # without the traceback no cycle is left for the GC.
-                cause.__traceback__ = None
+            # No local name for the stop, and no traceback kept on it: its traceback holds
+            # this frame (through the callbacks' f_back) and httptools keeps the exception;
+            # either would close a reference cycle per stop (HEAD, bytes after the end).
+            if isinstance(exc.__context__, _Stop):
+                exc.__context__.__traceback__ = None
                 return
-            if cause is not None:
-                raise cause from None
+            if exc.__context__ is not None:
+                raise exc.__context__ from None
             raise
         except httptools.HttpParserError as exc:
             if not self._ended:
@@ -128,7 +128,9 @@ class ResponseReader:
         """Drop the parser. It holds this reader's callbacks and the reader holds it: a
         reference cycle that only the cyclic GC would free, one per response (and the
         GC's pauses are the event loop's pauses). Called at the end and by a connection
-        that gives up on the response."""
+        that gives up on the response, possibly from a callback in the middle of
+        `feed()`: llhttp then goes on with the rest of the buffer, and the head and
+        end callbacks stop it there (nothing is reported after `close()`)."""
         self._parser = None
 
     def eof(self) -> bool:
@@ -154,8 +156,10 @@ class ResponseReader:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        assert self._parser is not None  # a callback of the parser itself
-        status = self._parser.get_status_code()
+        parser = self._parser
+        if parser is None:  # closed by the receiver earlier in this same buffer
+            raise _Stop
+        status = parser.get_status_code()
         if 100 <= status < 200:
             self._interim = True
             return
@@ -185,8 +189,10 @@ class ResponseReader:
             self._reason = ""
             return
         if not self._ended:
-            assert self._parser is not None  # a callback of the parser itself
-            self._end(clean=self._parser.should_keep_alive())
+            parser = self._parser
+            if parser is None:  # closed by the receiver earlier in this same buffer
+                raise _Stop
+            self._end(clean=parser.should_keep_alive())
 
     # --- internals ------------------------------------------------------------------------
 

@@ -231,6 +231,8 @@ class Connection(asyncio.Protocol):
         self._resolve()
 
     def on_body(self, data: bytes) -> None:
+        if self.state is State.CLOSED:  # the sink failed earlier in this same buffer
+            return
         sink = self._sink
         if sink is None:
             self._pending.append(data)

@@ -25,7 +25,12 @@ def _ours(obj: object) -> str | None:
 
 
 def our_garbage() -> list[str]:
-    """Collect everything now; the sidecar-made objects that only the cyclic GC could free."""
+    """Collect everything now; the sidecar-made objects that only the cyclic GC could free.
+
+    They are freed on the way out: DEBUG_SAVEALL only parks them in `gc.garbage`, and
+    clearing that list leaves them cyclic garbage again, which every later call (this
+    test's or the next one's) would report once more.
+    """
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         gc.collect()
@@ -33,3 +38,4 @@ def our_garbage() -> list[str]:
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+        gc.collect()

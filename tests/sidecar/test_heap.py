@@ -22,8 +22,10 @@ from aiohttp.test_utils import TestServer
 
 from sidecar_audit.app import TRAIL, build_app
 from sidecar_audit.config import Config
+from sidecar_audit.http_response import ResponseReader
 from tests.audit_s3 import create_bucket
 from tests.sidecar.garbage import our_garbage
+from tests.sidecar.test_upstream import Collected, ScriptedServer
 from tests.sidecar_fixture import AUDIT_HEADERS
 
 CHAT = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "messages": [{"role": "user", "content": "hi"}]}
@@ -126,3 +128,95 @@ def test_the_process_freezes_its_start_up_heap_before_serving(
     assert len(frozen) == 1
     # botocore's models, aiohttp, the spool: far more than any per-request garbage.
     assert frozen[0]["frozenObjects"] > 20_000
+
+
+def test_garbage_reported_is_freed_not_reported_again() -> None:
+    # Reported garbage used to stay cyclic garbage: every later call (the next test's
+    # "clean slate" included) reported it again, so tests failed by their order.
+    our_garbage()
+    gc.disable()
+    try:
+        reader = ResponseReader(Collected(), "GET")  # with its parser: a cycle
+        del reader
+        assert set(our_garbage()) == {"ResponseReader"}  # it and its bound callbacks
+        assert our_garbage() == []
+    finally:
+        gc.enable()
+
+
+_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+_UPSTREAM_FAILURES = {  # what a scripted vLLM answers, by the request's x-script header
+    b"closed": [None],  # before the head
+    b"cut": [_SSE_HEAD, b"6\r\ndata: \r\n", None],  # mid-body
+    b"malformed": [b"garbage\r\n\r\n"],
+    b"silent": [_SSE_HEAD, 0.6],  # beyond the read timeout
+    b"trailing": [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n"],
+    b"interim-then-close": [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n{}", None],
+    b"done": [_SSE_HEAD, b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"],
+}
+
+
+def _upstream_script(n: int, request: bytes) -> list[bytes | float | None]:
+    name = request.split(b"x-script: ", 1)[1].split(b"\r\n", 1)[0]
+    return _UPSTREAM_FAILURES[name]
+
+
+async def test_upstream_failures_leave_no_cycle_for_the_gc(
+    moto_server, aws_endpoint_env, tmp_path: Path, monkeypatch
+) -> None:
+    for name, value in aws_endpoint_env.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"audit-{uuid.uuid4().hex[:12]}"
+    create_bucket(moto_server, bucket)
+    upstream = await ScriptedServer(_upstream_script).start()
+    config = Config.from_env(
+        {
+            "UPSTREAM_URL": upstream.url,
+            "AUDIT_BUCKET": bucket,
+            "AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
+            "METRICS_PORT": "0",
+            "EMF_INTERVAL_S": "0",
+            "HEALTH_CACHE_S": "0",
+            "UPSTREAM_READ_TIMEOUT_S": "0.3",
+        }
+    )
+    app = build_app(config)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
+    headers = {**AUDIT_HEADERS, "content-type": "application/json"}
+
+    async def traffic() -> list[int | str]:
+        outcomes: list[int | str] = []
+        async with aiohttp.ClientSession() as session:
+            for script in _UPSTREAM_FAILURES:
+                try:
+                    async with session.post(
+                        url,
+                        data=orjson.dumps(CHAT),
+                        headers={**headers, "x-script": script.decode()},
+                    ) as response:
+                        await response.read()
+                        outcomes.append(response.status)
+                except aiohttp.ClientPayloadError:
+                    outcomes.append("cut")
+        return outcomes
+
+    try:
+        await traffic()  # warm
+        our_garbage()
+        accepted = app[TRAIL].snapshot().records_spooled
+        gc.disable()
+        try:
+            for _ in range(2):
+                assert await traffic() == [502, "cut", 502, "cut", 200, 200, 200]
+            assert app[TRAIL].snapshot().records_spooled - accepted == 2 * 7
+            garbage = our_garbage()
+            assert garbage == [], collections.Counter(garbage)
+        finally:
+            gc.enable()
+    finally:
+        await server.close()
+        await upstream.stop()

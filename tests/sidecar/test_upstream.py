@@ -17,6 +17,7 @@ import pytest
 
 from sidecar_audit.http_response import MalformedResponse, ResponseHead, ResponseReader
 from sidecar_audit.upstream import (
+    ClientGone,
     ProtocolStateError,
     UpstreamBroken,
     UpstreamBusy,
@@ -483,6 +484,59 @@ async def test_exchanges_leave_nothing_for_the_cyclic_gc(serve) -> None:
                 except UpstreamBroken:
                     outcomes.append("broken")
         assert outcomes.count("broken") == 5  # the cut-short answers did fail
+        assert our_garbage() == []
+    finally:
+        gc.enable()
+        pool.close()
+
+
+async def test_a_sink_that_fails_mid_buffer_stops_the_parsing_there(serve) -> None:
+    # The client leaves just as the last chunks and the end arrive in one segment: the
+    # sink fails on the first, the connection closes (dropping the reader's parser), and
+    # llhttp must not go on calling back into a closed connection (an exception escaped
+    # data_received: the loop logged a fatal protocol error).
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    server = await serve(lambda n, req: [head, 0.05, b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"])
+    loop = asyncio.get_running_loop()
+    escaped: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: escaped.append(context))
+    pool = pool_for(server.url)
+    conn = await pool.request("GET", "/v1/models", [], b"")
+    calls: list[bytes] = []
+
+    def gone(data: bytes) -> None:
+        calls.append(data)
+        raise ClientGone("client gone")
+
+    conn.start_body(gone)
+    with pytest.raises(ClientGone):
+        await conn.wait()
+    await asyncio.sleep(0.05)
+    assert calls == [b"abc"]  # nothing handed to the sink after it failed
+    assert escaped == []
+    assert not conn.reusable and conn.closed
+    pool.release(conn)
+    pool.close()
+    loop.set_exception_handler(None)
+
+
+async def test_answers_stopped_early_leave_nothing_for_the_cyclic_gc(serve) -> None:
+    # A response to HEAD, and one followed by bytes (a second response, or junk), stop
+    # llhttp from a callback: the stop's traceback must not keep the reader's frames.
+    answers = [
+        ok(b"abc"),  # to HEAD: ends with its head
+        [ok(b"abc")[0] + b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"],
+        [ok(b"abc")[0] + b"HTTP/1.1 200 OK\r\n"],
+        [ok(b"abc")[0] + b"\x00junk"],
+    ]
+    server = await serve(lambda n, req: answers[n % 4])
+    pool = pool_for(server.url)
+    our_garbage()
+    gc.disable()
+    try:
+        outcomes = [await fetch(pool, method="HEAD" if n % 4 == 0 else "GET") for n in range(8)]
+        assert outcomes == [(200, b""), (200, b"abc"), (200, b"abc"), (200, b"abc")] * 2
+        assert server.connections == 8  # none of them was reused
         assert our_garbage() == []
     finally:
         gc.enable()
