@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 from sidecar_audit.app import TRAIL, build_app
 from sidecar_audit.config import Config
 from sidecar_audit.http_response import ResponseReader
+from sidecar_audit.workers import GC_YOUNG_THRESHOLD
 from tests.audit_s3 import create_bucket
 from tests.sidecar.garbage import our_garbage
 from tests.sidecar.test_upstream import Collected, ScriptedServer
@@ -128,6 +129,7 @@ def test_the_process_freezes_its_start_up_heap_before_serving(
     assert len(frozen) == 1
     # botocore's models, aiohttp, the spool: far more than any per-request garbage.
     assert frozen[0]["frozenObjects"] > 20_000
+    assert frozen[0]["gcThresholds"][0] == GC_YOUNG_THRESHOLD
 
 
 def test_garbage_reported_is_freed_not_reported_again() -> None:
