@@ -83,11 +83,16 @@ class Redaction:
 
     def __init__(self, names: Iterable[str], fragments: Iterable[str]) -> None:
         self._names = frozenset(n.lower() for n in names)
-        self._fragments = tuple(f.lower() for f in fragments)
+        # One C-level search per name instead of a Python loop over the fragments (every
+        # header of every request is asked); same answer as `any(f in key ...)`.
+        found = [re.escape(f.lower()) for f in fragments]
+        self._fragments = re.compile("|".join(found)).search if found else None
 
     def secret(self, name: str) -> bool:
         key = name.lower()
-        return key in self._names or any(f in key for f in self._fragments)
+        if key in self._names:
+            return True
+        return self._fragments is not None and self._fragments(key) is not None
 
 
 def recorded_headers(headers: Iterable[tuple[str, str]], redaction: Redaction) -> dict[str, str]:

@@ -381,3 +381,14 @@ def test_multipart_audio_upload_keeps_fields_not_audio() -> None:
     assert parts[2]["incomplete"] is True and parts[2]["bytes"] < len(audio)
     assert facts(audio, ctype="audio/wav")["body"] is None
     assert facts(b"a=1&b=2", ctype="application/x-www-form-urlencoded")["body"] == "a=1&b=2"
+
+
+@pytest.mark.parametrize(
+    "fragments", [(), ("",), ("a.b", "(x", "c+", "[k]", "\\d"), ("KEY", "tok")]
+)
+def test_a_pattern_is_a_plain_substring_never_a_regular_expression(fragments: tuple) -> None:
+    redaction = Redaction({"authorization"}, fragments)
+    names = ["a.b", "axb", "(x-y", "x", "cc+", "ccc", "[k]", "k", "\\d", "9", "api-key", "tokens"]
+    for name in names:
+        expected = name == "authorization" or any(f.lower() in name for f in fragments)
+        assert redaction.secret(name) is expected, (fragments, name)
