@@ -83,7 +83,7 @@ def _start_sidecar(workdir: Path, s3: str, upstream: str, name: str) -> tuple[Ch
         "LISTEN_HOST": "127.0.0.1",
         "LISTEN_PORT": str(port),
         "METRICS_HOST": "127.0.0.1",
-        "METRICS_PORT": str(free_port()),
+        "METRICS_PORT": str(free_port(avoid={port})),
         "UPSTREAM_URL": upstream,
         "AUDIT_BUCKET": bucket,
         "AUDIT_SPOOL_DIR": str(workdir / f"spool-{name}"),

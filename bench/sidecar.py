@@ -76,7 +76,8 @@ def start_sidecar(
         raise RuntimeError("the sidecar needs a local S3 endpoint")
     bucket = f"central-llm-audit-{ctx.cell_id}".lower()
     create_bucket(ctx.s3_endpoint, bucket, REGION)  # --sidecar-env may still point elsewhere
-    port, metrics_port = free_port(), free_port()
+    port = free_port()
+    metrics_port = free_port(avoid={port})
     env = {
         **LOCAL_AWS_ENV,
         "AWS_ENDPOINT_URL": ctx.s3_endpoint,

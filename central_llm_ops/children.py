@@ -21,17 +21,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 
-def free_port(span: int = 1) -> int:
+def free_port(span: int = 1, avoid: Collection[int] = ()) -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago, with the `span - 1` after it
-    free too (a sidecar with WORKERS=n serves metrics on METRICS_PORT..METRICS_PORT+n-1)."""
+    free too (a sidecar with WORKERS=n serves metrics on METRICS_PORT..METRICS_PORT+n-1),
+    none of them in `avoid`: ports picked for the same process a moment earlier are free
+    again until it binds them, and the kernel may hand one out twice."""
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
+        if any(port + i in avoid for i in range(span)):
+            continue
         if all(_bindable(port + i) for i in range(1, span)):
             return port
     raise OSError(f"no run of {span} free ports found")

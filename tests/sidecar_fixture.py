@@ -83,7 +83,8 @@ def start_sidecar(
 
     def start(upstream_url: str, spool_dir: Path | None = None, **settings: str) -> Sidecar:
         # WORKERS=n serves metrics on METRICS_PORT..+n-1: keep a few free after it.
-        port, metrics_port = free_port(), free_port(span=4)
+        port = free_port()
+        metrics_port = free_port(span=4, avoid={port})
         bucket = settings.pop("AUDIT_BUCKET", f"audit-{uuid.uuid4().hex[:12]}")
         create_bucket(moto_server, bucket)
         spool_dir = spool_dir or tmp_path / f"spool-{len(started)}"
