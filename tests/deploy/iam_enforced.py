@@ -28,9 +28,11 @@ What moto leaves unchecked, and so what these tests cannot prove:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from typing import Any
 import boto3
 
 from tests.deploy.tools import POLICIES, template
+from tests.procs import Proc, free_port, python_module, wait_http
 
 FREE_CALLS = 3  # CreateUser, PutUserPolicy, CreateAccessKey for the administrator
 ACCOUNT = "123456789012"  # moto's default account
@@ -142,6 +145,24 @@ class Credentials:
             "AWS_REGION": REGION,
             "AWS_DEFAULT_REGION": REGION,
         }
+
+
+@contextlib.contextmanager
+def enforcing_moto(name: str, log_dir: Path) -> Iterator[Credentials]:
+    """moto's server with IAM enforced, its free calls spent on the administrator it yields."""
+    port = free_port()
+    proc = Proc(
+        f"{name}-{port}",
+        python_module("moto.server", "-H", "127.0.0.1", "-p", str(port)),
+        log_dir=log_dir,
+        env={"INITIAL_NO_AUTH_ACTION_COUNT": str(FREE_CALLS)},
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{endpoint}/moto-api/", proc)
+        yield create_admin(endpoint)
+    finally:
+        proc.stop()
 
 
 def create_admin(endpoint: str) -> Credentials:

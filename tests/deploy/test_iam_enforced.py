@@ -46,11 +46,10 @@ from central_llm_ops.audit_table import create_table_kwargs, load_definition
 from central_llm_ops.ingest_sqs import sqs_event
 from tests.deploy.iam_enforced import (
     ACCOUNT,
-    FREE_CALLS,
     REGION,
     Credentials,
-    create_admin,
     create_principal,
+    enforcing_moto,
     render_policy,
     stack_values,
     without_action,
@@ -58,7 +57,7 @@ from tests.deploy.iam_enforced import (
 from tests.deploy.log_patterns import matches, metric_value
 from tests.deploy.tools import ROOT, template
 from tests.faults.load import MODEL
-from tests.procs import Proc, free_port, python_module, wait_http
+from tests.procs import free_port
 from tests.sidecar_fixture import AUDIT_HEADERS, launch
 from tests.standin_fixture import Standin
 
@@ -90,17 +89,7 @@ class Enforced:
 
 @pytest.fixture(scope="module")
 def enforced(proc_log_dir: Path) -> Iterator[Enforced]:
-    port = free_port()
-    proc = Proc(
-        f"moto-iam-{port}",
-        python_module("moto.server", "-H", "127.0.0.1", "-p", str(port)),
-        log_dir=proc_log_dir,
-        env={"INITIAL_NO_AUTH_ACTION_COUNT": str(FREE_CALLS)},
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{endpoint}/moto-api/", proc)
-        admin = create_admin(endpoint)
+    with enforcing_moto("moto-iam", proc_log_dir) as admin:
         queue_url, queue_arn = _create_stack_resources(admin)
         yield Enforced(
             admin=admin,
@@ -112,8 +101,6 @@ def enforced(proc_log_dir: Path) -> Iterator[Enforced]:
             queue_url=queue_url,
             queue_arn=queue_arn,
         )
-    finally:
-        proc.stop()
 
 
 def _create_stack_resources(admin: Credentials) -> tuple[str, str]:

@@ -31,16 +31,14 @@ from ecs.stackgen.cfn import substitute
 from sidecar_audit.config import Config
 from tests.deploy.iam_enforced import (
     ACCOUNT,
-    FREE_CALLS,
     REGION,
     Credentials,
-    create_admin,
     create_principal,
+    enforcing_moto,
     render_policy,
     stack_values,
 )
 from tests.deploy.tools import POLICIES, container, environment, load_json, template
-from tests.procs import Proc, free_port, python_module, wait_http
 
 CLUSTER = stack_values()["ClusterName"]
 OUR_TASK = f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/{CLUSTER}/0123456789abcdef0123456789abcdef"
@@ -147,17 +145,7 @@ class TaskPrincipals:
 def principals(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskPrincipals]:
     """moto enforcing IAM; the task role's policies as moto sees them, switch on and off."""
     log_dir: Path = tmp_path_factory.mktemp("moto-iam-protection")
-    port = free_port()
-    proc = Proc(
-        f"moto-iam-protection-{port}",
-        python_module("moto.server", "-H", "127.0.0.1", "-p", str(port)),
-        log_dir=log_dir,
-        env={"INITIAL_NO_AUTH_ACTION_COUNT": str(FREE_CALLS)},
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{endpoint}/moto-api/", proc)
-        admin = create_admin(endpoint)
+    with enforcing_moto("moto-iam-protection", log_dir) as admin:
         writer = render_policy("ecs-task-audit-writer")
         protection = render_policy("ecs-task-protection")
         both = {"Version": "2012-10-17", "Statement": writer["Statement"] + protection["Statement"]}
@@ -165,8 +153,6 @@ def principals(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskPrincip
             with_protection=create_principal(admin, "task", both),
             writer_only=create_principal(admin, "writer", writer),
         )
-    finally:
-        proc.stop()
 
 
 def _denied(call: Any, **kwargs: Any) -> bool:
