@@ -156,10 +156,7 @@ class ResponseReader:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        parser = self._parser
-        if parser is None:  # closed by the receiver earlier in this same buffer
-            raise _Stop
-        status = parser.get_status_code()
+        status = self._live_parser().get_status_code()
         if 100 <= status < 200:
             self._interim = True
             return
@@ -189,12 +186,16 @@ class ResponseReader:
             self._reason = ""
             return
         if not self._ended:
-            parser = self._parser
-            if parser is None:  # closed by the receiver earlier in this same buffer
-                raise _Stop
-            self._end(clean=parser.should_keep_alive())
+            self._end(clean=self._live_parser().should_keep_alive())
 
     # --- internals ------------------------------------------------------------------------
+
+    def _live_parser(self) -> httptools.HttpResponseParser:
+        """The parser, from inside its own callbacks; a receiver that closed the reader
+        earlier in the same buffer stops the parsing here (nothing is reported after)."""
+        if self._parser is None:
+            raise _Stop
+        return self._parser
 
     def _count(self, n: int) -> None:
         self._head_bytes += n
