@@ -49,6 +49,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from .backoff import exponential
 from .integrity.digest import ObjectEntry, object_entry
 from .s3_sink import ObjectSink, SinkError, classify
 from .spool import SegmentContents, SegmentLease, Spool, SpoolError
@@ -409,7 +410,7 @@ class Shipper:
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1)))."""
-        ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** min(attempt - 1, 32))
+        ceiling = exponential(attempt, self._backoff_base_s, self._backoff_cap_s)
         return self._rng.uniform(0.0, ceiling)
 
     def _log_failure(

@@ -61,6 +61,7 @@ from dataclasses import dataclass, replace
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from .backoff import exponential
 from .config import Config
 
 log = logging.getLogger("sidecar_audit.task_protection")
@@ -446,7 +447,7 @@ class TaskProtection:
 
     def _failed(self, protect: bool, before: State, answer: Answer, unanswered: bool) -> bool:
         self._failed_rounds += 1
-        cool_down = min(COOL_DOWN_S * 2 ** (self._failed_rounds - 1), MAX_COOL_DOWN_S)
+        cool_down = exponential(self._failed_rounds, COOL_DOWN_S, MAX_COOL_DOWN_S)
         self._facts = replace(self._facts, retry_at=self._clock() + cool_down)
         if protect:
             # A renewal that failed leaves the old expiry in force; a first protect leaves none
