@@ -73,6 +73,7 @@ CALL_TIMEOUT_S = 6.0  # the agent gives ECS 4 s, then answers 504 itself
 COOL_DOWN_S = 30.0
 MAX_COOL_DOWN_S = 300.0
 STOP_WAIT_S = 25.0  # ATTEMPTS calls and their backoff fit
+MAX_ANSWER_BYTES = 64 * 1024  # the agent's answers are a few hundred bytes
 
 
 class State(enum.Enum):
@@ -208,7 +209,7 @@ def parse_answer(status: int, body: bytes) -> Answer:
     """The agent's JSON: `{"protection": …}` (200), `{"failure": …}` (200), `{"error": …}`."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting is a RecursionError, not a ValueError
         doc = None
     if not isinstance(doc, dict):
         return Answer(False, "malformed", status >= 500, status)
@@ -239,8 +240,16 @@ class AgentClient:
                 self._url,
                 json=body,
                 timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S),
+                # The agent never redirects; followed, a 303 turns the PUT into a GET of
+                # the state, whose `{"protection": …}` would read as a confirmation.
+                allow_redirects=False,
             ) as response:
-                return parse_answer(response.status, await response.read())
+                answer = bytearray()
+                async for piece in response.content.iter_any():
+                    answer += piece
+                    if len(answer) > MAX_ANSWER_BYTES:  # never buffer an unbounded answer
+                        return Answer(False, "malformed", response.status >= 500, response.status)
+                return parse_answer(response.status, bytes(answer))
         except (aiohttp.ClientError, TimeoutError, OSError):
             return Answer(False, "unreachable", True)
 

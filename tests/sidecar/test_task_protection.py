@@ -9,6 +9,7 @@ journal) and what an operator sees (/metrics, the log); none asserts a duration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import signal
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
-from tests.faults.load import call, new_id, run_load
+from tests.faults.load import call, chat_body, new_id, run_load
 from tests.faults.observe import log_objects, logged, scrape, wait_for
 from tests.procs import Proc, free_port, python_module, wait_http
 from tests.sidecar_fixture import StartSidecar
@@ -331,3 +333,106 @@ def test_the_agent_standin_refuses_what_the_agent_refuses(agent: Agent) -> None:
     agent.control(failure="TASK_NOT_VALID")
     status, body = _put_raw(url, b'{"ProtectionEnabled": true}')
     assert (status, body["failure"]["Reason"]) == (200, "TASK_NOT_VALID")
+
+
+# --- a hostile agent endpoint: the client's answer, never an exception -------------------------
+
+
+@pytest.fixture
+async def hostile_agent() -> Any:
+    """A loopback server answering the state path the ways the real agent never does."""
+    from aiohttp import web
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPSeeOther("/get/task-protection/v1/state")
+
+    async def state(request: web.Request) -> web.Response:
+        return web.json_response({"protection": {"ProtectionEnabled": False}})
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(b" " * (1 << 20))
+        await response.write(b'{"protection": {}}')
+        return response
+
+    async def deep(request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 100_000, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_put("/redirect/task-protection/v1/state", redirect)
+    app.router.add_get("/get/task-protection/v1/state", state)
+    app.router.add_put("/huge/task-protection/v1/state", huge)
+    app.router.add_put("/deep/task-protection/v1/state", deep)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("route", ["redirect", "huge", "deep"])
+async def test_a_hostile_agent_answer_is_never_taken_for_protection(
+    hostile_agent: str, route: str
+) -> None:
+    # A redirect once turned the PUT into a GET of the state, counted as protected; a
+    # 64 MiB answer was read whole; deep nesting raised out of `put` and ended the driver.
+    from sidecar_audit.task_protection import AgentClient
+
+    async with aiohttp.ClientSession() as session:
+        answer = await AgentClient(session, f"{hostile_agent}/{route}").put(
+            {"ProtectionEnabled": True, "ExpiresInMinutes": 5}
+        )
+    assert not answer.ok
+    assert answer.result == "malformed"
+
+
+async def _hang_up(host: str, port: int, request: bytes, keep: int, read: int) -> None:
+    """Send the first `keep` bytes of `request`, read up to `read` answer bytes, close."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request[:keep])
+        await writer.drain()
+        if read:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader.read(read), 10)
+    finally:
+        writer.transport.abort()  # a RST, not a polite close
+
+
+async def test_clients_hanging_up_at_every_instant_never_leave_the_task_protected(
+    standin_session: Standin, start_sidecar: StartSidecar, agent: Agent
+) -> None:
+    # The busy count must come back to 0 whenever a client leaves: protection removed
+    # after the quiet period, and asked again (not lost to a negative count) next time.
+    sidecar = start_sidecar(
+        standin_session.url, ECS_AGENT_URI=agent.uri, TASK_PROTECTION_IDLE_S="1"
+    )
+    host, port = sidecar.url.removeprefix("http://").split(":")
+    body = orjson.dumps(chat_body("hang up", stream=True))
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+        "Content-Type: application/json\r\nX-LLM-Source: tp-test\r\nX-LLM-User: u\r\n"
+        "X-LLM-Request-Type: test\r\nX-Standin-ITL-Ms: 50\r\nX-Standin-Tokens: 40\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    request = head + body
+    cuts = [0, 10, len(head) - 1, len(head), len(head) + len(body) // 2, len(request)]
+    await asyncio.gather(
+        *(
+            _hang_up(host, int(port), request, keep, read)
+            for keep in cuts
+            for read in ((0, 1, 400, 4000) if keep == len(request) else (0,))
+        )
+    )
+    puts = await asyncio.to_thread(
+        wait_for, agent.puts, lambda p: p and p[-1]["ProtectionEnabled"] is False, "the removal"
+    )
+    assert len(_protects(puts)) == 1
+    async with aiohttp.ClientSession() as session:
+        assert await _stream(session, sidecar.url, "tp-after-hangups") == 200
+    await asyncio.to_thread(wait_for, agent.puts, lambda p: len(_protects(p)) == 2, "again")

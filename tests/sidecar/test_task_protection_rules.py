@@ -305,3 +305,11 @@ def test_settings_defaults_and_derived_values() -> None:
 def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError, match=names.replace("?", r"\?")):
         Config.from_env(env)
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"protection":' * 50_000])
+def test_a_deeply_nested_answer_is_malformed_not_a_crash(body: bytes) -> None:
+    # json.loads raises RecursionError (not a ValueError) on deep nesting: it once
+    # escaped `AgentClient.put` and ended the driver, protection left as it was.
+    answer = parse_answer(200, body)
+    assert (answer.ok, answer.result) == (False, "malformed")
