@@ -72,7 +72,8 @@ BACKOFF_S = (0.5, 1.0)  # before the 2nd and 3rd attempt
 CALL_TIMEOUT_S = 6.0  # the agent gives ECS 4 s, then answers 504 itself
 COOL_DOWN_S = 30.0
 MAX_COOL_DOWN_S = 300.0
-STOP_WAIT_S = 25.0  # ATTEMPTS calls and their backoff fit
+# At exit: a protect call still in flight, then every removal attempt and its backoff.
+STOP_WAIT_S = CALL_TIMEOUT_S * (ATTEMPTS + 1) + sum(BACKOFF_S)
 MAX_ANSWER_BYTES = 64 * 1024  # the agent's answers are a few hundred bytes
 
 
