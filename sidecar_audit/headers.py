@@ -84,7 +84,10 @@ class Redaction:
     def __init__(self, names: Iterable[str], fragments: Iterable[str]) -> None:
         self._names = frozenset(n.lower() for n in names)
         # One C-level search per name instead of a Python loop over the fragments (every
-        # header of every request is asked); same answer as `any(f in key ...)`.
+        # header of every request is asked: 14 usual headers, 8.5 -> 5.2 us); same answer
+        # as `any(f in key ...)`, linear in name length x fragments either way (for 8 KiB
+        # names and 50+ fragments the loop was faster, 0.9 vs 2.6 ms: names are capped
+        # by aiohttp's header limits and the default has 9 fragments).
         found = [re.escape(f.lower()) for f in fragments]
         self._fragments = re.compile("|".join(found)).search if found else None
 
