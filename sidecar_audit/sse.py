@@ -247,11 +247,12 @@ class UsageChunkFilter:
             return complete
         out: list[bytes] = []
         for event in _split_events(complete):
-            payload = _payload(event)
-            if self._held and payload == b"[DONE]":
-                self._held.append(event)  # never ahead of a held terminal chunk
+            obj = _json(_payload(event))
+            if self._held and obj is None:
+                # `[DONE]`, a `: keep-alive` comment, anything not a JSON object: never
+                # ahead of a held terminal chunk (stamping leaves such events as they are).
+                self._held.append(event)
                 continue
-            obj = _json(payload)
             if obj is None or self._passthrough:
                 out.append(event)
                 continue

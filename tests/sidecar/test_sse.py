@@ -177,6 +177,8 @@ def test_usage_filter_releases_held_events_when_no_usage_arrives() -> None:
         # vLLM's mid-stream error event, then [DONE] (openai/chat_completion/serving.py:505-507)
         b'data: {"error": {"message": "boom", "type": "BadRequestError", "param": null, '
         b'"code": 400}}\n\ndata: [DONE]\n\n',
+        # vLLM's --sse-keep-alive-interval comment (serve/utils/sse_keep_alive.py)
+        b": keep-alive\n\ndata: [DONE]\n\n",
     ],
 )
 def test_what_ends_a_stream_without_usage_never_overtakes_a_held_chunk(after: bytes) -> None:
@@ -436,3 +438,20 @@ def test_the_done_detector_agrees_with_decoding_at_every_two_splits(stream: byte
             decoder, detector = SSEDecoder(), terminal_detector("/v1/chat/completions")
             expected = [b"[DONE]" in decoder.feed(c) for c in chunks]
             assert [detector.feed(c) for c in chunks] == expected, chunks
+
+
+def test_a_keep_alive_comment_after_a_held_chunk_stays_behind_it_until_usage_comes() -> None:
+    # Cold memo: the terminal chunk waits for the usage chunk; a comment vLLM sent after it
+    # (--sse-keep-alive-interval) must not reach the client first, and is never stamped.
+    final = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    usage = {"prompt_tokens": 2, "total_tokens": 3, "completion_tokens": 1}
+    comment = b": keep-alive\n\n"
+    raw = (
+        _chunk(choices=[final])
+        + comment
+        + _chunk(choices=[], usage=usage, system_fingerprint="fp")
+        + b"data: [DONE]\n\n"
+    )
+    expected = _chunk(choices=[final], system_fingerprint="fp") + comment + b"data: [DONE]\n\n"
+    for cut in range(len(raw) + 1):
+        assert filtered(raw, [cut]) == expected, f"split at {cut}"
