@@ -74,11 +74,19 @@ def run_worker(config: Config, *, reuse_port: bool) -> int:
 # the measured window had none. Garbage waits longer only if it is cyclic, which the
 # request path never leaves (tests/sidecar/test_heap.py).
 GC_YOUNG_THRESHOLD = 10_000
+# The event loop thread waits for the GIL whenever another thread runs Python: the
+# shipper's segment work (reading and checking a sealed segment, building its objects:
+# 5-20 ms of Python every flush) and the spool's sync thread. uvloop releases the GIL
+# around every poll, so each loop iteration then waited up to CPython's default switch
+# interval, 5 ms, for the GIL: a 10 ms stall of every stream at each flush. At 0.5 ms
+# an iteration waits at most that long; the background work is not urgent.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 async def _settle_heap(_app: web.Application) -> None:
-    """Before serving: move the start-up heap out of the cyclic GC's reach, and make
-    the young-generation passes rare (bench/README.md, "GC pauses").
+    """Before serving: move the start-up heap out of the cyclic GC's reach, make the
+    young-generation passes rare (bench/README.md, "GC pauses") and the GIL's hand-over
+    to the event loop prompt ("The GIL" there).
 
     The start-up heap (~100k objects, mostly botocore's service models) never becomes
     garbage, yet every full collection walked it: 60-90 ms with the event loop stopped,
@@ -91,9 +99,14 @@ async def _settle_heap(_app: web.Application) -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     log.info(
         "start-up heap frozen",
-        extra={"frozenObjects": gc.get_freeze_count(), "gcThresholds": gc.get_threshold()},
+        extra={
+            "frozenObjects": gc.get_freeze_count(),
+            "gcThresholds": gc.get_threshold(),
+            "gilSwitchIntervalS": sys.getswitchinterval(),
+        },
     )
 
 

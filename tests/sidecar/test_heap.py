@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from sidecar_audit.app import TRAIL, build_app
 from sidecar_audit.config import Config
 from sidecar_audit.http_response import ResponseReader
-from sidecar_audit.workers import GC_YOUNG_THRESHOLD
+from sidecar_audit.workers import GC_YOUNG_THRESHOLD, GIL_SWITCH_INTERVAL_S
 from tests.audit_s3 import create_bucket
 from tests.sidecar.garbage import our_garbage
 from tests.sidecar.test_upstream import Collected, ScriptedServer
@@ -130,6 +130,8 @@ def test_the_process_freezes_its_start_up_heap_before_serving(
     # botocore's models, aiohttp, the spool: far more than any per-request garbage.
     assert frozen[0]["frozenObjects"] > 20_000
     assert frozen[0]["gcThresholds"][0] == GC_YOUNG_THRESHOLD
+    # The loop waits at most this long for the GIL while the shipper's thread works.
+    assert frozen[0]["gilSwitchIntervalS"] == pytest.approx(GIL_SWITCH_INTERVAL_S)
 
 
 def test_garbage_reported_is_freed_not_reported_again() -> None:
