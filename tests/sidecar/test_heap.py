@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sidecar_audit.app import TRAIL, build_app
@@ -32,24 +35,23 @@ from tests.sidecar_fixture import AUDIT_HEADERS
 CHAT = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.fixture
-async def sidecar_in_process(
-    standin_session, moto_server, aws_endpoint_env, tmp_path: Path, monkeypatch
-):  # type: ignore[no-untyped-def]
-    for name, value in aws_endpoint_env.items():
-        monkeypatch.setenv(name, value)
+@contextlib.asynccontextmanager
+async def _sidecar_app(
+    upstream_url: str, moto_server: str, tmp_path: Path, **settings: str
+) -> AsyncIterator[tuple[web.Application, str]]:
+    """The sidecar's application on aiohttp's test server (loopback), auditing to moto;
+    the caller has pointed the AWS endpoint variables at moto."""
     bucket = f"audit-{uuid.uuid4().hex[:12]}"
     create_bucket(moto_server, bucket)
     config = Config.from_env(
         {
-            "UPSTREAM_URL": standin_session.url,
+            "UPSTREAM_URL": upstream_url,
             "AUDIT_BUCKET": bucket,
             "AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
-            "AUDIT_FLUSH_INTERVAL_S": "0.2",
             "METRICS_PORT": "0",
             "EMF_INTERVAL_S": "0",
             "HEALTH_CACHE_S": "0",
-            "CLIENT_WRITE_STALL_S": "1",
+            **settings,
         }
     )
     app = build_app(config)
@@ -59,6 +61,22 @@ async def sidecar_in_process(
         yield app, f"http://127.0.0.1:{server.port}"
     finally:
         await server.close()
+
+
+@pytest.fixture
+async def sidecar_in_process(
+    standin_session, moto_server, aws_endpoint_env, tmp_path: Path, monkeypatch
+):  # type: ignore[no-untyped-def]
+    for name, value in aws_endpoint_env.items():
+        monkeypatch.setenv(name, value)
+    async with _sidecar_app(
+        standin_session.url,
+        moto_server,
+        tmp_path,
+        AUDIT_FLUSH_INTERVAL_S="0.2",
+        CLIENT_WRITE_STALL_S="1",
+    ) as started:
+        yield started
 
 
 async def _traffic(url: str) -> None:
@@ -172,27 +190,9 @@ async def test_upstream_failures_leave_no_cycle_for_the_gc(
 ) -> None:
     for name, value in aws_endpoint_env.items():
         monkeypatch.setenv(name, value)
-    bucket = f"audit-{uuid.uuid4().hex[:12]}"
-    create_bucket(moto_server, bucket)
-    upstream = await ScriptedServer(_upstream_script).start()
-    config = Config.from_env(
-        {
-            "UPSTREAM_URL": upstream.url,
-            "AUDIT_BUCKET": bucket,
-            "AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
-            "METRICS_PORT": "0",
-            "EMF_INTERVAL_S": "0",
-            "HEALTH_CACHE_S": "0",
-            "UPSTREAM_READ_TIMEOUT_S": "0.3",
-        }
-    )
-    app = build_app(config)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
     headers = {**AUDIT_HEADERS, "content-type": "application/json"}
 
-    async def traffic() -> list[int | str]:
+    async def traffic(url: str) -> list[int | str]:
         outcomes: list[int | str] = []
         async with aiohttp.ClientSession() as session:
             for script in _UPSTREAM_FAILURES:
@@ -208,19 +208,23 @@ async def test_upstream_failures_leave_no_cycle_for_the_gc(
                     outcomes.append("cut")
         return outcomes
 
+    upstream = await ScriptedServer(_upstream_script).start()
     try:
-        await traffic()  # warm
-        our_garbage()
-        accepted = app[TRAIL].snapshot().records_spooled
-        gc.disable()
-        try:
-            for _ in range(2):
-                assert await traffic() == [502, "cut", 502, "cut", 200, 200, 200]
-            assert app[TRAIL].snapshot().records_spooled - accepted == 2 * 7
-            garbage = our_garbage()
-            assert garbage == [], collections.Counter(garbage)
-        finally:
-            gc.enable()
+        async with _sidecar_app(
+            upstream.url, moto_server, tmp_path, UPSTREAM_READ_TIMEOUT_S="0.3"
+        ) as (app, base):
+            url = f"{base}/v1/chat/completions"
+            await traffic(url)  # warm
+            our_garbage()
+            accepted = app[TRAIL].snapshot().records_spooled
+            gc.disable()
+            try:
+                for _ in range(2):
+                    assert await traffic(url) == [502, "cut", 502, "cut", 200, 200, 200]
+                assert app[TRAIL].snapshot().records_spooled - accepted == 2 * 7
+                garbage = our_garbage()
+                assert garbage == [], collections.Counter(garbage)
+            finally:
+                gc.enable()
     finally:
-        await server.close()
         await upstream.stop()
