@@ -90,9 +90,12 @@ class ClientStream:
         kernel buffers hold megabytes may need longer than `stall_s` to drain them,
         and is cut only if our buffer did not shrink at all in `stall_s`."""
         transport = self._transport
+        # aiohttp leaves `writing_paused` set when the connection is lost and its drain()
+        # then returns at once: a closed transport ends the wait (else this loop would
+        # never suspend), and is checked before the ioctl (a closed socket's fd is -1).
         # Measured only when there is something to wait for (an ioctl per call otherwise).
-        before = self._unsent() if self.congested else 0
-        while self.congested:
+        before = self._unsent() if self.congested and not transport.is_closing() else 0
+        while self.congested and not transport.is_closing():
             try:
                 async with asyncio.timeout(stall_s):
                     await self._writer.drain()
@@ -119,7 +122,7 @@ class ClientStream:
             try:
                 raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
                 queued += struct.unpack("i", raw)[0]
-            except OSError:  # not a TCP socket, or not Linux: our buffer alone
+            except (OSError, ValueError):  # not TCP, not Linux, or closed (fd -1)
                 pass
         return queued
 
