@@ -270,3 +270,41 @@ async def test_a_client_gone_before_the_drain_is_gone_not_a_defect_nor_a_spin(se
             break
         await asyncio.sleep(0.05)
     assert outcome == ["congested", "the client closed the connection"]
+
+
+async def test_a_client_cut_for_stalling_does_not_keep_its_connection(serve) -> None:
+    """A client that reads nothing is cut; its connection must go with it. Closed
+    gracefully, the transport would wait to flush our buffer and the kernel's send
+    queue (megabytes) to a client that never reads: the socket and its buffers stay
+    for as long as a hostile client keeps its end open."""
+    outcome: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        stream = await ClientStream.open(response, request)
+        while not stream.congested:
+            stream.write(b"x" * 65536)
+            await asyncio.sleep(0)
+        try:
+            await stream.drain(0.5)
+        except ClientGone as exc:
+            outcome.append(str(exc))
+        for _ in range(50):  # connection_lost: no event to wait on
+            if request.protocol.transport is None:
+                outcome.append("released")
+                break
+            await asyncio.sleep(0.05)
+        else:
+            outcome.append("held")
+        return response
+
+    port = await serve(handler)
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(200):  # the client keeps its end open and reads nothing
+        if len(outcome) == 2:
+            break
+        await asyncio.sleep(0.05)
+    sock.close()
+    assert outcome == ["the client read nothing for 0.5 s", "released"]
