@@ -25,8 +25,10 @@ client left or stalled). Writing in any state but OPEN raises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import fcntl
+import socket
 import struct
 import termios
 
@@ -90,16 +92,19 @@ class ClientStream:
         kernel buffers hold megabytes may need longer than `stall_s` to drain them,
         and is cut only if our buffer did not shrink at all in `stall_s`."""
         transport = self._transport
+        # aiohttp leaves `writing_paused` set when the connection is lost and its drain()
+        # then returns at once: a closed transport ends the wait (else this loop would
+        # never suspend), and is checked before the ioctl (a closed socket's fd is -1).
         # Measured only when there is something to wait for (an ioctl per call otherwise).
-        before = self._unsent() if self.congested else 0
-        while self.congested:
+        before = self._unsent() if self.congested and not transport.is_closing() else 0
+        while self.congested and not transport.is_closing():
             try:
                 async with asyncio.timeout(stall_s):
                     await self._writer.drain()
             except TimeoutError:
                 now = self._unsent()
                 if now >= before:
-                    self.abort()
+                    self._cut()
                     raise ClientGone(f"the client read nothing for {stall_s:g} s") from None
                 before = now
             except ConnectionError:
@@ -119,7 +124,7 @@ class ClientStream:
             try:
                 raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
                 queued += struct.unpack("i", raw)[0]
-            except OSError:  # not a TCP socket, or not Linux: our buffer alone
+            except (OSError, ValueError):  # not TCP, not Linux, or closed (fd -1)
                 pass
         return queued
 
@@ -135,7 +140,7 @@ class ClientStream:
             async with asyncio.timeout(stall_s):  # the terminator only: our buffer is drained
                 await self._response.write_eof()
         except TimeoutError:
-            self.abort()
+            self._cut()
             raise ClientGone(f"the client read nothing for {stall_s:g} s") from None
         except ConnectionError:
             raise ClientGone("the client closed the connection") from None
@@ -145,3 +150,17 @@ class ClientStream:
         self._state = _State.GONE
         self._response.force_close()
         self._transport.close()
+
+    def _cut(self) -> None:
+        """A stalled client: reset the connection, dropping what it did not take. A
+        graceful close would wait to flush our buffer and the kernel's send queue
+        (megabytes) to a client that reads nothing, keeping the socket and its buffers
+        for as long as the client keeps its end open; `abort()` alone frees ours but
+        leaves the kernel sending (SO_LINGER 0 makes the close a reset)."""
+        self._state = _State.GONE
+        self._response.force_close()
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):  # not TCP, or already closed
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._transport.abort()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httptools
@@ -214,3 +215,104 @@ async def test_a_slow_but_steady_reader_is_not_cut_while_it_makes_progress(serve
         await asyncio.sleep(0.01)
     assert outcome in ([], ["drained"]), f"cut after {taken} bytes"
     writer.close()
+
+
+async def test_a_client_gone_before_the_drain_is_gone_not_a_defect_nor_a_spin(serve) -> None:
+    """The client resets the connection after a write paused the transport and before the
+    proxy's task reaches drain() (both in one loop iteration, a hostile client's timing).
+    aiohttp leaves `writing_paused` set and its `drain()` returns at once once the
+    connection is lost, so drain() must see the closed transport: neither the ioctl on
+    a closed socket (fd -1) nor a `while congested` loop that never suspends."""
+    outcome: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        stream = await ClientStream.open(response, request)
+        while not stream.congested:
+            stream.write(b"x" * 65536)
+            await asyncio.sleep(0)
+        outcome.append("congested")
+        # the reset has been seen (connection_lost: no event to wait on)
+        while request.protocol.transport is not None:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        writer, calls = stream._writer, 0
+        real_drain = writer.drain
+
+        async def counted_drain() -> None:  # fails the test instead of hanging the loop
+            nonlocal calls
+            calls += 1
+            if calls > 1000:
+                raise AssertionError("drain() spins without suspending")
+            await real_drain()
+
+        writer.drain = counted_drain  # type: ignore[method-assign]
+        try:
+            await stream.drain(0.5)
+            outcome.append("drained")
+        except ClientGone as exc:
+            outcome.append(str(exc))
+        except Exception as exc:  # what the proxy would record as a defect
+            outcome.append(f"{type(exc).__name__}: {exc}")
+        return response
+
+    port = await serve(handler)
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(100):
+        if outcome:
+            break
+        await asyncio.sleep(0.05)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST: the kernel drops the unread bytes
+    for _ in range(100):
+        if len(outcome) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert outcome == ["congested", "the client closed the connection"]
+
+
+async def test_a_client_cut_for_stalling_does_not_keep_its_connection(serve) -> None:
+    """A client that reads nothing is cut; its connection must go with it. Closed
+    gracefully, the transport would wait to flush our buffer and the kernel's send
+    queue (megabytes) to a client that never reads: the socket and its buffers stay
+    for as long as a hostile client keeps its end open."""
+    outcome: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        stream = await ClientStream.open(response, request)
+        while not stream.congested:
+            stream.write(b"x" * 65536)
+            await asyncio.sleep(0)
+        try:
+            await stream.drain(0.5)
+        except ClientGone as exc:
+            outcome.append(str(exc))
+        for _ in range(50):  # connection_lost: no event to wait on
+            if request.protocol.transport is None:
+                outcome.append("released")
+                break
+            await asyncio.sleep(0.05)
+        else:
+            outcome.append("held")
+        return response
+
+    port = await serve(handler)
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(200):  # the client keeps its end open and reads nothing
+        if len(outcome) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert outcome == ["the client read nothing for 0.5 s", "released"]
+    # Reset, not closed after the data: the kernel dropped the megabytes still queued
+    # (else it keeps trying to send them). The client's socket: TCP_CLOSE (7) once reset.
+    for _ in range(50):
+        if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == 7:
+            break
+        await asyncio.sleep(0.05)
+    state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+    sock.close()
+    assert state == 7, f"the client's connection is still in TCP state {state}"
