@@ -94,8 +94,8 @@ class ClientStream:
         transport = self._transport
         # aiohttp leaves `writing_paused` set when the connection is lost and its drain()
         # then returns at once: a closed transport ends the wait (else this loop would
-        # never suspend), and is checked before the ioctl (a closed socket's fd is -1).
-        # Measured only when there is something to wait for (an ioctl per call otherwise).
+        # never suspend), and is checked before the ioctl (a closed socket's fd is -1),
+        # which runs only when there is something to wait for.
         before = self._unsent() if self.congested and not transport.is_closing() else 0
         while self.congested and not transport.is_closing():
             try:
