@@ -8,7 +8,12 @@ behaviours of aiohttp (pinned in pyproject.toml; each has a test in
 tests/sidecar/test_client_stream.py):
 
 1. `StreamResponse.prepare()` returns the payload writer and only buffers the
-   head; `AbstractStreamWriter.send_headers()` writes it out at once.
+   head, without ever suspending (the app has no `on_response_prepare` handler
+   and compresses nothing), so `open()` runs it to completion in the caller's
+   own call; `AbstractStreamWriter.send_headers()` writes the head out at once.
+   The proxy opens the stream inside the upstream connection's `data_received`
+   that parsed vLLM's head: the head and the first events reach the client with
+   no turn of the event loop in between.
 2. After the head, bytes given to `transport.write` reach the client as the
    body; when the writer chose chunked coding (`writer.chunked`) each piece must be
    framed by us as `<hex size>CRLF data CRLF`, and `write_eof()` still writes
@@ -31,11 +36,26 @@ import fcntl
 import socket
 import struct
 import termios
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from .upstream import ClientGone, ProtocolStateError
+
+_T = TypeVar("_T")
+
+
+def _run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
+    """The result of a coroutine that never suspends, without a task; a suspension
+    (something aiohttp's prepare() awaits that is not ready) is a defect here."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise ProtocolStateError("client stream: prepare() suspended")
 
 
 class _State(enum.Enum):
@@ -62,8 +82,9 @@ class ClientStream:
         writer.send_headers()
 
     @classmethod
-    async def open(cls, response: web.StreamResponse, request: web.Request) -> ClientStream:
-        writer = await response.prepare(request)
+    def open(cls, response: web.StreamResponse, request: web.Request) -> ClientStream:
+        """Prepare `response` and send its head, now (behaviour 1); synchronous."""
+        writer = _run_to_completion(response.prepare(request))
         if writer is None:
             raise ClientGone("the client closed the connection")
         return cls(response, writer)

@@ -175,6 +175,7 @@ class ResponseReader:
         self._started = True
         self._receiver.on_head(head)
         if self._method_head:  # no body follows, whatever the headers say
+            self._live_parser()  # (unless the receiver gave up on the response just now)
             self._end(clean=False)
             raise _Stop
 

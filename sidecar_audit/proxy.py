@@ -2,7 +2,10 @@
 
 Invariants:
 - Every upstream chunk is written to the client as it arrives, in the same
-  call that received it (no buffering, no wake-up in between); the only
+  call that received it (no buffering, no wake-up in between); the client's
+  answer starts in the call that parsed vLLM's head (`_begin`, the connection's
+  head hook), so the head and the first events that came with it leave in that
+  same call, not a loop turn later when the handler's task resumes; the only
   exception is the usage-only SSE event the sidecar itself asked for, which is
   removed (see `sse.UsageChunkFilter`).
 - The capture sees each upstream chunk once, after it was written.
@@ -68,7 +71,14 @@ from .record import (
 )
 from .routing import GENERATION_PATHS, path_allowed, usage_options_to_send, will_stream
 from .sse import FingerprintMemo, TerminalDetector, UsageChunkFilter, terminal_detector
-from .upstream import ClientGone, Connection, UpstreamError, UpstreamPool, Wake
+from .upstream import (
+    ClientGone,
+    Connection,
+    ProtocolStateError,
+    UpstreamError,
+    UpstreamPool,
+    Wake,
+)
 
 log = logging.getLogger(__name__)
 
@@ -355,8 +365,16 @@ class Proxy:
         headers = upstream_request_headers(ex.headers_in, ex.request_id)
         ex.headers_sent = headers
         ex.upstream_started = ex.clock()
+        answer = _Answer()
+        strip_usage = ex.usage_added
+
+        def begin(conn: Connection) -> None:
+            self._begin(request, ex, conn, answer, strip_usage=strip_usage)
+
         try:
-            conn = await self._upstream.request(request.method, request.raw_path, headers, body)
+            conn = await self._upstream.request(
+                request.method, request.raw_path, headers, body, on_head=begin
+            )
         except UpstreamError as exc:
             failure = errors.from_upstream_exception(exc)
             if failure.outcome == errors.REJECTED:  # e.g. no free connection: vLLM never saw it
@@ -366,7 +384,7 @@ class Proxy:
                 ex.facts.upstream = failure
             return self._reply(ex, failure)
         try:
-            return await self._relay(request, ex, conn, strip_usage=ex.usage_added)
+            return await self._relay(ex, conn, answer)
         finally:
             # Pooled again only after a complete response (upstream.py's invariant);
             # otherwise closed, so vLLM sees the disconnect and stops generating.
@@ -449,45 +467,48 @@ class Proxy:
         ex.response_headers = list(response.headers.items())
         return response
 
-    async def _relay(
+    def _begin(
         self,
         request: web.Request,
         ex: Exchange,
         conn: Connection,
+        answer: _Answer,
         *,
         strip_usage: bool,
-    ) -> web.StreamResponse:
-        head = conn.head
-        assert head is not None
-        ex.response_headers = head.raw_headers
-        ex.facts.status = head.status
-        ex.content_type = head.header("content-type")
-        ex.content_encoding = head.header("content-encoding")
-        is_sse = (ex.content_type or "").lower().startswith("text/event-stream")
-        response = web.StreamResponse(status=head.status, reason=head.reason or None)
-        for name, value in client_response_headers(head.raw_headers, ex.request_id):
-            response.headers.add(name, value)
-        if not is_sse and head.content_length is not None:
-            response.content_length = head.content_length
-        elif request.version < HttpVersion11:
-            # No chunked coding in HTTP/1.0: this body ends with the connection. aiohttp
-            # omits `Connection: keep-alive` here but keeps the connection open (its
-            # _prepare_headers drops keep-alive only locally), so the client would never
-            # see the end and the next answer would be glued into this one.
-            response.force_close()
-        if is_sse:
-            capture: BodyCapture | StreamCapture = StreamCapture(
-                self._config.max_recorded_body_bytes, ex.clock
-            )
-        else:
-            capture = BodyCapture(self._config.max_recorded_body_bytes)
-        ex.capture = capture
-        stall = self._config.client_write_stall
-        client: ClientStream | None = None
+    ) -> None:
+        """Answer the client's head and start relaying the body: the connection's head
+        hook, run inside the `data_received` that parsed vLLM's head. Never raises;
+        what failed is kept in `answer` for the handler's task (`_relay`)."""
         try:
-            client = await ClientStream.open(response, request)
-            relay = _BodyRelay(
-                client,
+            head = conn.head
+            assert head is not None
+            ex.response_headers = head.raw_headers
+            ex.facts.status = head.status
+            ex.content_type = head.header("content-type")
+            ex.content_encoding = head.header("content-encoding")
+            is_sse = (ex.content_type or "").lower().startswith("text/event-stream")
+            response = web.StreamResponse(status=head.status, reason=head.reason or None)
+            for name, value in client_response_headers(head.raw_headers, ex.request_id):
+                response.headers.add(name, value)
+            if not is_sse and head.content_length is not None:
+                response.content_length = head.content_length
+            elif request.version < HttpVersion11:
+                # No chunked coding in HTTP/1.0: this body ends with the connection. aiohttp
+                # omits `Connection: keep-alive` here but keeps the connection open (its
+                # _prepare_headers drops keep-alive only locally), so the client would never
+                # see the end and the next answer would be glued into this one.
+                response.force_close()
+            if is_sse:
+                capture: BodyCapture | StreamCapture = StreamCapture(
+                    self._config.max_recorded_body_bytes, ex.clock
+                )
+            else:
+                capture = BodyCapture(self._config.max_recorded_body_bytes)
+            ex.capture = capture
+            answer.response = response
+            answer.client = ClientStream.open(response, request)
+            relay = answer.relay = _BodyRelay(
+                answer.client,
                 conn,
                 capture,
                 UsageChunkFilter(self._fingerprints) if strip_usage and is_sse else None,
@@ -496,6 +517,20 @@ class Proxy:
                 terminal_detector(ex.path) if is_sse else None,
             )
             conn.start_body(relay.on_chunk)
+        except Exception as exc:
+            answer.error = exc
+
+    async def _relay(self, ex: Exchange, conn: Connection, answer: _Answer) -> web.StreamResponse:
+        """The rest of the exchange in the handler's task: wait for the body's end (draining
+        a slow client meanwhile), record, then let the held end of the answer go."""
+        response, client, relay = answer.response, answer.client, answer.relay
+        if response is None:  # the answer could not even begin: a defect of ours
+            answer.reraise()
+            raise ProtocolStateError("the answer did not begin with vLLM's head")
+        stall = self._config.client_write_stall
+        try:
+            answer.reraise()  # e.g. the client had gone before its head could be sent
+            assert client is not None and relay is not None
             while await conn.wait() is Wake.NUDGED:
                 await client.drain(stall)
                 conn.resume_reading()
@@ -516,6 +551,29 @@ class Proxy:
             if client is not None:
                 client.abort()
         return response
+
+
+class _Answer:
+    """What `Proxy._begin` started for one exchange, or the error that stopped it."""
+
+    __slots__ = ("client", "error", "relay", "response")
+
+    def __init__(self) -> None:
+        self.response: web.StreamResponse | None = None
+        self.client: ClientStream | None = None
+        self.relay: _BodyRelay | None = None
+        self.error: Exception | None = None
+
+    def reraise(self) -> None:
+        """Raise the kept error, once. It is taken out of here, and out of this frame
+        when it leaves: its traceback holds `_begin`'s frame, which holds this object,
+        and this frame; either reference would make a cycle for the cyclic GC."""
+        error, self.error = self.error, None
+        if error is not None:
+            try:
+                raise error
+            finally:
+                error = None
 
 
 class _BodyRelay:

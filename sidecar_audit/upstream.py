@@ -154,6 +154,7 @@ class Connection(asyncio.Protocol):
         self._clean_end = False  # llhttp's end of message, keep-alive, nothing after it
         self._complete = False  # the response ended (stays true once the connection closes)
         self._sink: Callable[[bytes], None] | None = None
+        self._on_head: Callable[[Connection], None] | None = None
         self._pending: list[bytes] = []  # body bytes that arrived before the sink
         self._nudged = False
         self._error: BaseException | None = None
@@ -226,8 +227,16 @@ class Connection(asyncio.Protocol):
     def on_head(self, head: ResponseHead) -> None:
         self.head = head
         self._to(State.BODY)
-        # Hold the body until the proxy has answered the client's head (start_body).
-        self._pause()
+        hook, self._on_head = self._on_head, None
+        if hook is not None:  # the exchange's own start, in this very call (see `send`)
+            try:
+                hook(self)
+            except Exception as exc:  # a defect of the hook: ends this exchange only
+                self.abort(exc)
+                return
+        if self._sink is None:
+            # Hold the body until the proxy has answered the client's head (start_body).
+            self._pause()
         self._resolve()
 
     def on_body(self, data: bytes) -> None:
@@ -255,13 +264,26 @@ class Connection(asyncio.Protocol):
     # --- one exchange ---------------------------------------------------------------------
 
     async def send(
-        self, method: str, head: bytes, body: bytes, read_timeout: float
+        self,
+        method: str,
+        head: bytes,
+        body: bytes,
+        read_timeout: float,
+        on_head: Callable[[Connection], None] | None = None,
     ) -> ResponseHead:
-        """Write the request; returns the response head once it has arrived."""
+        """Write the request; returns the response head once it has arrived.
+
+        `on_head(connection)`, if given, runs inside the `data_received` that parsed
+        the head, before any body byte of that same read is handed on: it can answer
+        the client and `start_body` with no turn of the event loop between vLLM's
+        first bytes and the client (the task that awaits `send` resumes a turn later).
+        It should not raise; if it does, the exchange fails with its exception.
+        """
         transport = self.transport
         if transport is None:
             raise ProtocolStateError("upstream connection: send before connection_made")
         self._to(State.AWAIT_HEAD)
+        self._on_head = on_head
         self._reader = ResponseReader(self, method)
         self._timeout = read_timeout
         self._last = self._loop.time()
@@ -326,6 +348,7 @@ class Connection(asyncio.Protocol):
         self._to(State.IDLE)
         self._reader = None
         self._sink = None
+        self._on_head = None
         self.head = None
         self._got_bytes = False
         self._clean_end = False
@@ -342,6 +365,7 @@ class Connection(asyncio.Protocol):
             self.state is not State.IDLE
             or self._pending
             or self._sink is not None
+            or self._on_head is not None
             or self._reader is not None
             or self.head is not None
             or self._error is not None
@@ -368,6 +392,7 @@ class Connection(asyncio.Protocol):
         self.close()
         self._error = None
         self._sink = None
+        self._on_head = None
 
     # --- internals ------------------------------------------------------------------------
 
@@ -450,9 +475,15 @@ class UpstreamPool:
         self._closed = False
 
     async def request(
-        self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        on_head: Callable[[Connection], None] | None = None,
     ) -> Connection:
-        """Send the request; returns its connection with the response head read.
+        """Send the request; returns its connection with the response head read
+        (`on_head` as in `Connection.send`).
 
         The caller must hand the connection back with `release()` whatever happens.
         """
@@ -468,7 +499,7 @@ class UpstreamPool:
             for attempt in (1, 2):
                 conn = await self._connection(fresh=attempt == 2)
                 try:
-                    await conn.send(method, head, body, self._read_timeout)
+                    await conn.send(method, head, body, self._read_timeout, on_head)
                 except StaleConnection:
                     conn.discard()
                     if attempt == 2:

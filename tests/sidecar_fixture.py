@@ -3,18 +3,25 @@
 `start_sidecar(upstream_url, spool_dir=None, **settings)` starts one; a `Sidecar`
 can then be killed (SIGKILL), stopped (SIGTERM) and restarted on the same port,
 bucket and spool directory, as ECS would start the next task on the same volume.
+`sidecar_app(...)` runs the sidecar's application in the test's own process instead,
+for tests that look inside it (the garbage it leaves, which call writes what).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
+from sidecar_audit.app import build_app
+from sidecar_audit.config import Config
 from tests.audit_s3 import AuditObjects, create_bucket, read_audit, wait_for_records
 from tests.procs import Proc, free_port, python_module, wait_http
 
@@ -124,3 +131,31 @@ def start_sidecar(
     for sidecar in started:
         for proc in [sidecar.proc, *sidecar.earlier]:
             proc.stop()
+
+
+@contextlib.asynccontextmanager
+async def sidecar_app(
+    upstream_url: str, moto_server: str, tmp_path: Path, **settings: str
+) -> AsyncIterator[tuple[web.Application, str]]:
+    """The sidecar's application on aiohttp's test server (loopback), auditing to moto;
+    the caller has pointed the AWS endpoint variables at moto."""
+    bucket = f"audit-{uuid.uuid4().hex[:12]}"
+    create_bucket(moto_server, bucket)
+    config = Config.from_env(
+        {
+            "UPSTREAM_URL": upstream_url,
+            "AUDIT_BUCKET": bucket,
+            "AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
+            "METRICS_PORT": "0",
+            "EMF_INTERVAL_S": "0",
+            "HEALTH_CACHE_S": "0",
+            **settings,
+        }
+    )
+    app = build_app(config)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield app, f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.close()

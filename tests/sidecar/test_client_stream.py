@@ -88,7 +88,7 @@ async def test_the_head_leaves_as_soon_as_the_stream_opens(serve) -> None:
 
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"x-marker": "1"})
-        stream = await ClientStream.open(response, request)
+        stream = ClientStream.open(response, request)
         await released.wait()  # no body yet: the head must already be with the client
         await stream.end(b"", 5)
         return response
@@ -105,7 +105,7 @@ async def test_body_bytes_are_framed_as_aiohttp_chose_and_end_with_write_eof(ser
         response = web.StreamResponse()
         if length is not None:
             response.content_length = length
-        stream = await ClientStream.open(response, request)
+        stream = ClientStream.open(response, request)
         stream.write(b"abc")
         await stream.end(b"xyz", 5)
         with pytest.raises(ProtocolStateError):
@@ -128,7 +128,7 @@ async def test_a_client_that_reads_nothing_is_told_by_an_event_and_cut_after_the
 
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
-        stream = await ClientStream.open(response, request)
+        stream = ClientStream.open(response, request)
         chunk = b"x" * 65536
         while not stream.congested:  # the transport's high-water mark, as an event source
             stream.write(chunk)
@@ -158,7 +158,7 @@ async def test_a_client_that_drains_releases_the_wait(serve) -> None:
 
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
-        stream = await ClientStream.open(response, request)
+        stream = ClientStream.open(response, request)
         while not stream.congested:
             stream.write(b"y" * 65536)
             await asyncio.sleep(0)
@@ -192,7 +192,7 @@ async def test_a_slow_but_steady_reader_is_not_cut_while_it_makes_progress(serve
 
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
-        stream = await ClientStream.open(response, request)
+        stream = ClientStream.open(response, request)
         while not stream.congested:
             stream.write(b"z" * 65536)
             await asyncio.sleep(0)
@@ -227,7 +227,7 @@ async def test_a_client_gone_before_the_drain_is_gone_not_a_defect_nor_a_spin(se
 
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
-        stream = await ClientStream.open(response, request)
+        stream = ClientStream.open(response, request)
         while not stream.congested:
             stream.write(b"x" * 65536)
             await asyncio.sleep(0)
@@ -281,7 +281,7 @@ async def test_a_client_cut_for_stalling_does_not_keep_its_connection(serve) -> 
 
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
-        stream = await ClientStream.open(response, request)
+        stream = ClientStream.open(response, request)
         while not stream.congested:
             stream.write(b"x" * 65536)
             await asyncio.sleep(0)
@@ -316,3 +316,38 @@ async def test_a_client_cut_for_stalling_does_not_keep_its_connection(serve) -> 
     state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
     sock.close()
     assert state == 7, f"the client's connection is still in TCP state {state}"
+
+
+async def test_a_prepare_that_would_suspend_is_a_defect_not_a_lost_head() -> None:
+    # open() runs aiohttp's prepare() to completion in the caller's call (behaviour 1):
+    # an on_response_prepare handler that awaits something would suspend it, and that
+    # must fail loudly rather than leave a half-run coroutine and a client with no head.
+    outcome: list[BaseException] = []
+
+    async def suspends(request: web.Request, response: web.StreamResponse) -> None:
+        await asyncio.sleep(0)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        try:
+            ClientStream.open(response, request)
+        except ProtocolStateError as exc:
+            outcome.append(exc)
+        return web.Response(status=500, text="defect")
+
+    app = web.Application()
+    app.on_response_prepare.append(suspends)
+    app.router.add_route("*", "/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status = await reader.readline()
+        writer.close()
+    finally:
+        await runner.cleanup()
+    assert [str(exc) for exc in outcome] == ["client stream: prepare() suspended"]
+    assert status.startswith(b"HTTP/1.1 500")

@@ -11,56 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import gc
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from sidecar_audit.app import TRAIL, build_app
-from sidecar_audit.config import Config
+from sidecar_audit.app import TRAIL
 from sidecar_audit.http_response import ResponseReader
 from sidecar_audit.workers import GC_YOUNG_THRESHOLD, GIL_SWITCH_INTERVAL_S
-from tests.audit_s3 import create_bucket
 from tests.sidecar.garbage import our_garbage
 from tests.sidecar.test_upstream import Collected, ScriptedServer
-from tests.sidecar_fixture import AUDIT_HEADERS
+from tests.sidecar_fixture import AUDIT_HEADERS, sidecar_app
 
 CHAT = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@contextlib.asynccontextmanager
-async def _sidecar_app(
-    upstream_url: str, moto_server: str, tmp_path: Path, **settings: str
-) -> AsyncIterator[tuple[web.Application, str]]:
-    """The sidecar's application on aiohttp's test server (loopback), auditing to moto;
-    the caller has pointed the AWS endpoint variables at moto."""
-    bucket = f"audit-{uuid.uuid4().hex[:12]}"
-    create_bucket(moto_server, bucket)
-    config = Config.from_env(
-        {
-            "UPSTREAM_URL": upstream_url,
-            "AUDIT_BUCKET": bucket,
-            "AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
-            "METRICS_PORT": "0",
-            "EMF_INTERVAL_S": "0",
-            "HEALTH_CACHE_S": "0",
-            **settings,
-        }
-    )
-    app = build_app(config)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield app, f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
 
 
 @pytest.fixture
@@ -69,7 +34,7 @@ async def sidecar_in_process(
 ):  # type: ignore[no-untyped-def]
     for name, value in aws_endpoint_env.items():
         monkeypatch.setenv(name, value)
-    async with _sidecar_app(
+    async with sidecar_app(
         standin_session.url,
         moto_server,
         tmp_path,
@@ -210,7 +175,7 @@ async def test_upstream_failures_leave_no_cycle_for_the_gc(
 
     upstream = await ScriptedServer(_upstream_script).start()
     try:
-        async with _sidecar_app(
+        async with sidecar_app(
             upstream.url, moto_server, tmp_path, UPSTREAM_READ_TIMEOUT_S="0.3"
         ) as (app, base):
             url = f"{base}/v1/chat/completions"

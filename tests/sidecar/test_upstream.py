@@ -18,6 +18,7 @@ import pytest
 from sidecar_audit.http_response import MalformedResponse, ResponseHead, ResponseReader
 from sidecar_audit.upstream import (
     ClientGone,
+    Connection,
     ProtocolStateError,
     UpstreamBroken,
     UpstreamBusy,
@@ -541,3 +542,61 @@ async def test_answers_stopped_early_leave_nothing_for_the_cyclic_gc(serve) -> N
     finally:
         gc.enable()
         pool.close()
+
+
+async def test_the_head_hook_gets_the_bytes_that_came_with_the_head_in_the_same_call(
+    serve,
+) -> None:
+    # The head and two chunks in one write (one read here), the end 0.3 s later. The hook
+    # starts the body from inside the read that parsed the head: both chunks reach the
+    # sink before the loop runs anything else (the marker it schedules), and before the
+    # task that awaits the request resumes.
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    first = head + b"3\r\nabc\r\n3\r\ndef\r\n"
+    server = await serve(lambda n, req: [first, 0.3, b"0\r\n\r\n"])
+    loop = asyncio.get_running_loop()
+    pool = pool_for(server.url)
+    seen: list[bytes] = []
+    when_the_loop_turned: list[list[bytes]] = []
+    hooked: list[Connection] = []
+
+    def hook(conn: Connection) -> None:
+        hooked.append(conn)
+        assert conn.head is not None and conn.head.status == 200
+        conn.start_body(seen.append)
+        loop.call_soon(lambda: when_the_loop_turned.append(list(seen)))
+
+    for _ in range(2):  # a new connection, then the pooled one
+        for kept in (seen, when_the_loop_turned, hooked):
+            kept.clear()
+        conn = await pool.request("GET", "/v1/models", [], b"", on_head=hook)
+        assert hooked == [conn]
+        assert when_the_loop_turned == [[b"abc", b"def"]]
+        while await conn.wait() is not Wake.ENDED:
+            pass
+        pool.release(conn)
+    assert server.connections == 1
+    pool.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_head_hook_that_raises_fails_its_exchange_only(serve, method) -> None:
+    server = await serve(lambda n, req: ok(b"abc"))
+    loop = asyncio.get_running_loop()
+    escaped: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: escaped.append(context))
+    pool = pool_for(server.url)
+
+    def hook(conn: Connection) -> None:
+        raise RuntimeError("a defect in the hook")
+
+    conn = await pool.request(method, "/v1/models", [], b"", on_head=hook)
+    with pytest.raises(RuntimeError, match="a defect in the hook"):
+        await conn.wait()
+    await asyncio.sleep(0.05)
+    assert escaped == []  # nothing escaped data_received (llhttp stopped there)
+    assert not conn.reusable and conn.closed
+    pool.release(conn)
+    assert await fetch(pool, method) == (200, b"" if method == "HEAD" else b"abc")
+    pool.close()
+    loop.set_exception_handler(None)

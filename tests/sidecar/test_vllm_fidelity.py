@@ -18,8 +18,10 @@ import aiohttp
 import orjson
 import pytest
 
+from sidecar_audit.client_stream import ClientStream
 from sidecar_audit.sse import SSEDecoder
-from tests.sidecar_fixture import AUDIT_HEADERS
+from sidecar_audit.upstream import Connection
+from tests.sidecar_fixture import AUDIT_HEADERS, sidecar_app
 
 CHAT = {
     "model": "Qwen/Qwen2.5-0.5B-Instruct",
@@ -565,6 +567,63 @@ async def test_bytes_that_came_with_the_head_are_relayed_before_the_next_upstrea
             # ... and in vLLM's order, though no usage chunk came (a cold fingerprint
             # memo held the terminal chunk for one: sse.UsageChunkFilter)
             assert [data for _, _, data in events][-1] == b"[DONE]"
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+async def test_the_first_events_leave_in_the_call_that_read_the_head(
+    moto_server, aws_endpoint_env, tmp_path, monkeypatch
+) -> None:
+    """No loop turn between vLLM's first bytes and the client: the client's head and the
+    events that came in the same read as vLLM's head are written inside the upstream
+    connection's `data_received` that read them. (On 4408684 they were written a turn
+    later, when the handler's task resumed: behind every other callback of that turn,
+    ~1 ms at p99 with 128 streams, bench/README.md "The head hook".) The application
+    runs in this process so that the calls can be seen."""
+    for name, value in aws_endpoint_env.items():
+        monkeypatch.setenv(name, value)
+    reads = itertools.count(1)
+    current: list[int] = []  # the upstream read being handled, if any
+    seen: list[tuple[str, int | None, bytes]] = []  # (what, upstream read, bytes)
+
+    real_read, real_open, real_write = (
+        Connection.data_received,
+        ClientStream.open,
+        ClientStream.write,
+    )
+
+    def data_received(self: Connection, data: bytes) -> None:
+        current.append(next(reads))
+        try:
+            real_read(self, data)
+        finally:
+            current.pop()
+
+    def open_stream(response, request):  # type: ignore[no-untyped-def]
+        seen.append(("open", current[-1] if current else None, b""))
+        return real_open(response, request)
+
+    def write(self: ClientStream, data: bytes) -> None:
+        seen.append(("write", current[-1] if current else None, data))
+        real_write(self, data)
+
+    monkeypatch.setattr(Connection, "data_received", data_received)
+    monkeypatch.setattr(ClientStream, "open", open_stream)
+    monkeypatch.setattr(ClientStream, "write", write)
+    upstream = _OneReadUpstream()
+    try:
+        async with sidecar_app(upstream.url, moto_server, tmp_path) as (_, base):
+            for _ in range(3):  # a fresh upstream connection, then reused ones
+                seen.clear()
+                url = f"{base}/v1/chat/completions"
+                await raw_stream(url, {**CHAT, "stream": True}, audit_headers(rid()))
+                what = [(kind, data[:40]) for kind, _, data in seen[:3]]
+                assert [kind for kind, _, _ in seen[:3]] == ["open", "write", "write"], what
+                first_read = seen[0][1]
+                assert first_read is not None, "the client's head waited for a loop turn"
+                assert [read for _, read, _ in seen[:3]] == [first_read] * 3, what
+                assert b'"role":"assistant"' in seen[1][2] and b"Hello" in seen[2][2]
     finally:
         upstream.shutdown()
         upstream.server_close()
