@@ -53,7 +53,7 @@ def _run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
     try:
         coro.send(None)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return done.value
     coro.close()
     raise ProtocolStateError("client stream: prepare() suspended")
 
