@@ -1,0 +1,142 @@
+"""The head hook (Proxy._begin inside the upstream connection's data_received) against
+clients that leave around vLLM's head, in the very loop turn that reads it.
+
+The application runs in this process (aiohttp's test server, handler_cancellation on as
+in workers.py), against a scripted vLLM; the turn's order of events is fixed by wrapping
+`Connection.data_received`: the client's connection is lost (as a reset read in the same
+turn does it: the transport closes now, aiohttp's connection_lost — which cancels the
+handler — runs next) just before, or just after, vLLM's head is parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sidecar_audit.app import CONFIG, PROXY, TRAIL, UPSTREAM
+from sidecar_audit.proxy import Proxy
+from sidecar_audit.upstream import Connection
+from tests.sidecar.garbage import our_garbage
+from tests.sidecar.test_upstream import ScriptedServer
+from tests.sidecar_fixture import AUDIT_HEADERS, sidecar_app
+
+CHAT = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "messages": [{"role": "user", "content": "hi"}]}
+_SSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+_EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+_DONE = b"data: [DONE]\n\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+_ANSWERS: dict[str, list[bytes | float | None]] = {
+    # head alone, the body later
+    "sse-head-alone": [_SSE, 0.3, _chunk(_EVENT) + _chunk(_DONE) + b"0\r\n\r\n"],
+    # head and the whole body in one segment
+    "sse-whole": [_SSE + _chunk(_EVENT) + _chunk(_DONE) + b"0\r\n\r\n"],
+    "json-whole": [
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+    ],
+    "empty-204": [b"HTTP/1.1 204 No Content\r\n\r\n"],
+}
+
+
+def _request(body: bytes, answer: str) -> bytes:
+    head = "".join(f"{k}: {v}\r\n" for k, v in AUDIT_HEADERS.items())
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"x-answer: %b\r\n%bcontent-length: %d\r\n\r\n%b"
+        % (answer.encode(), head.encode(), len(body), body)
+    )
+
+
+def _script(n: int, request: bytes) -> list[bytes | float | None]:
+    return _ANSWERS[request.split(b"x-answer: ", 1)[1].split(b"\r\n", 1)[0].decode()]
+
+
+async def _one_client(url: str, answer: str) -> bytes:
+    reader, writer = await asyncio.open_connection(*url[7:].split(":"))
+    writer.write(_request(orjson.dumps({**CHAT, "stream": True}), answer))
+    got = b""
+    try:
+        async with asyncio.timeout(3):
+            while chunk := await reader.read(65536):
+                got += chunk
+    except ConnectionError:
+        pass
+    writer.close()
+    return got
+
+
+@pytest.mark.parametrize("answer", list(_ANSWERS))
+@pytest.mark.parametrize("when", ["before-the-head"])
+async def test_a_client_lost_in_the_turn_of_vllms_head_is_one_record_and_no_cycle(
+    moto_server, aws_endpoint_env, tmp_path: Path, monkeypatch, when: str, answer: str
+) -> None:
+    for name, value in aws_endpoint_env.items():
+        monkeypatch.setenv(name, value)
+    loop = asyncio.get_running_loop()
+    escaped: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: escaped.append(context))
+    clients: list[asyncio.Transport] = []  # the sidecar's end of each client connection
+    real_read, real_handle = Connection.data_received, Proxy.handle
+
+    def lose_the_client() -> None:
+        while clients:
+            clients.pop().abort()  # is_closing() now, connection_lost a callback later
+
+    def data_received(self: Connection, data: bytes) -> None:
+        head = data.startswith(b"HTTP/1.1 ")
+        if head and when == "before-the-head":
+            lose_the_client()
+        real_read(self, data)
+        if head and when == "after-the-head":
+            lose_the_client()
+
+    async def handle(self: Proxy, request):  # type: ignore[no-untyped-def]
+        clients.append(request.transport)
+        return await real_handle(self, request)
+
+    monkeypatch.setattr(Connection, "data_received", data_received)
+    monkeypatch.setattr(Proxy, "handle", handle)
+    upstream = await ScriptedServer(_script).start()
+    try:
+        async with sidecar_app(upstream.url, moto_server, tmp_path) as (app, base):
+            outcomes: list[str] = []
+            proxy = app[PROXY]
+            finished: Callable = proxy._on_finished  # type: ignore[attr-defined]
+
+            def on_finished(done) -> None:  # type: ignore[no-untyped-def]
+                outcomes.append(done.outcome)
+                finished(done)
+
+            proxy._on_finished = on_finished  # type: ignore[attr-defined]
+            await _one_client(base, answer)  # warm
+            await asyncio.sleep(0.1)
+            our_garbage()
+            outcomes.clear()
+            accepted = app[TRAIL].snapshot().records_spooled
+            gc.disable()
+            try:
+                for _ in range(3):
+                    await _one_client(base, answer)
+                await asyncio.sleep(0.2)  # the exchanges end on the sidecar's side
+                garbage = our_garbage()
+            finally:
+                gc.enable()
+            assert outcomes == ["client_disconnected"] * 3
+            assert app[TRAIL].snapshot().records_spooled - accepted == 3
+            assert garbage == [], collections.Counter(garbage)
+            slots = app[UPSTREAM]._slots._value  # type: ignore[attr-defined]
+            assert slots == app[CONFIG].upstream_max_connections  # none leaked
+    finally:
+        await upstream.stop()
+        loop.set_exception_handler(None)
+    assert escaped == [], escaped
