@@ -383,6 +383,12 @@ class Proxy:
             else:
                 ex.facts.upstream = failure
             return self._reply(ex, failure)
+        except BaseException:
+            # Cancelled after the head hook ran (the client left in the turn that read
+            # vLLM's head): an error the hook kept is never re-raised, and its traceback
+            # holds `_begin`'s frame, which holds `answer` (a cycle for the cyclic GC).
+            answer.error = None
+            raise
         try:
             return await self._relay(ex, conn, answer)
         finally:
