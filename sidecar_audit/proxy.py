@@ -541,6 +541,9 @@ class Proxy:
                 await client.drain(stall)
                 conn.resume_reading()
             held = relay.end()
+            # A client lost while the body came (even in the turn that read vLLM's head,
+            # whole body included) is gone, not served: known before the record says so.
+            client.check()
             self._finish(ex)
             await client.end(held, stall)
         except (ClientGone, ConnectionError) as exc:
