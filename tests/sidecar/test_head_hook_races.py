@@ -22,6 +22,7 @@ import pytest
 from sidecar_audit.app import CONFIG, PROXY, TRAIL, UPSTREAM
 from sidecar_audit.proxy import Proxy
 from sidecar_audit.upstream import Connection
+from tests import sidecar_fixture
 from tests.sidecar.garbage import our_garbage
 from tests.sidecar.test_upstream import ScriptedServer
 from tests.sidecar_fixture import AUDIT_HEADERS, sidecar_app
@@ -71,6 +72,8 @@ async def _one_client(url: str, answer: str) -> bytes:
                 got += chunk
     except ConnectionError:
         pass
+    except TimeoutError:
+        got += b"<no end in 3 s>"
     writer.close()
     return got
 
@@ -146,3 +149,43 @@ async def test_a_client_lost_in_the_turn_of_vllms_head_is_one_record_and_no_cycl
         await upstream.stop()
         loop.set_exception_handler(None)
     assert escaped == [], escaped
+
+
+async def test_a_head_hook_that_cannot_prepare_the_answer_is_a_500_not_a_bogus_answer(
+    moto_server, aws_endpoint_env, tmp_path: Path, monkeypatch
+) -> None:
+    # ClientStream.open must not suspend (aiohttp's prepare() is run to completion in the
+    # hook); if something makes it (here an on_response_prepare handler that awaits), that
+    # is a defect of ours: the record says so and the client learns it, by our 500 or a
+    # cut connection, never by a well-formed answer that is not vLLM's.
+    for name, value in aws_endpoint_env.items():
+        monkeypatch.setenv(name, value)
+    real_build = sidecar_fixture.build_app
+
+    async def suspends(request, response) -> None:  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0)
+
+    def build_app(config):  # type: ignore[no-untyped-def]
+        app = real_build(config)
+        app.on_response_prepare.append(suspends)
+        return app
+
+    monkeypatch.setattr(sidecar_fixture, "build_app", build_app)
+    upstream = await ScriptedServer(_script).start()
+    try:
+        async with sidecar_app(upstream.url, moto_server, tmp_path) as (app, base):
+            outcomes: list[str] = []
+            proxy = app[PROXY]
+            finished: Callable = proxy._on_finished  # type: ignore[attr-defined]
+
+            def on_finished(done) -> None:  # type: ignore[no-untyped-def]
+                outcomes.append(done.outcome)
+                finished(done)
+
+            proxy._on_finished = on_finished  # type: ignore[attr-defined]
+            for answer in ("sse-whole", "json-whole"):
+                got = await _one_client(base, answer)
+                assert outcomes.pop() == "sidecar_error", answer
+                assert got == b"" or got.startswith(b"HTTP/1.1 500"), (answer, got[:300])
+    finally:
+        await upstream.stop()
