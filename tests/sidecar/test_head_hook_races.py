@@ -197,3 +197,138 @@ async def test_a_head_hook_that_cannot_prepare_the_answer_is_a_500_not_a_bogus_a
                 assert got == b"" or _a_well_framed_500(got), (answer, got[:400])
     finally:
         await upstream.stop()
+
+
+def _raw(method: str, path: str, answer: str, version: str = "1.1", extra: str = "") -> bytes:
+    head = "".join(f"{k}: {v}\r\n" for k, v in AUDIT_HEADERS.items())
+    body = orjson.dumps({**CHAT, "stream": True}) if method == "POST" else b""
+    return (
+        f"{method} {path} HTTP/{version}\r\nhost: x\r\nx-answer: {answer}\r\n{head}{extra}"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def test_pipelined_head_sse_and_closing_requests_each_get_their_own_answer(
+    moto_server, aws_endpoint_env, tmp_path: Path, monkeypatch
+) -> None:
+    # Three requests in one segment: a HEAD (vLLM's head says content-length 2, no body
+    # follows), a stream whose whole body came with vLLM's head, a JSON answer with
+    # `Connection: close`; then an HTTP/1.0 stream. Each answer starts in the hook: each
+    # must be exactly its own, complete, and recorded completed.
+    for name, value in aws_endpoint_env.items():
+        monkeypatch.setenv(name, value)
+    answers = {
+        **_ANSWERS,
+        "head-json": [
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+        ],
+    }
+    upstream = await ScriptedServer(
+        lambda n, req: answers[req.split(b"x-answer: ", 1)[1].split(b"\r\n", 1)[0].decode()]
+    ).start()
+    try:
+        async with sidecar_app(upstream.url, moto_server, tmp_path) as (app, base):
+            outcomes: list[str] = []
+            proxy = app[PROXY]
+            finished: Callable = proxy._on_finished  # type: ignore[attr-defined]
+
+            def on_finished(done) -> None:  # type: ignore[no-untyped-def]
+                outcomes.append(done.outcome)
+                finished(done)
+
+            proxy._on_finished = on_finished  # type: ignore[attr-defined]
+            host, port = base[7:].split(":")
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(
+                _raw("HEAD", "/v1/models", "head-json")
+                + _raw("POST", "/v1/chat/completions", "sse-whole")
+                + _raw("POST", "/v1/chat/completions", "json-whole", extra="connection: close\r\n")
+            )
+            async with asyncio.timeout(5):
+                got = await reader.read(-1)  # the third answer closes the connection
+            writer.close()
+            first, second, third = re.split(rb"(?=HTTP/1\.1 )", got)[1:]
+            assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"\r\n\r\n"), got
+            assert b"\r\nContent-Length: 2\r\n" in first, got
+            assert second.startswith(b"HTTP/1.1 200 ") and b"chunked" in second, got
+            assert second.endswith(_chunk(_EVENT) + _chunk(_DONE) + b"0\r\n\r\n"), got
+            assert third.startswith(b"HTTP/1.1 200 ") and third.endswith(b"\r\n\r\n{}"), got
+
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(_raw("POST", "/v1/chat/completions", "sse-whole", version="1.0"))
+            async with asyncio.timeout(5):
+                got = await reader.read(-1)  # no chunked coding: the close ends the body
+            writer.close()
+            assert got.startswith(b"HTTP/1.0 200 ") and b"chunked" not in got, got
+            assert got.endswith(b"\r\n\r\n" + _EVENT + _DONE), got
+            await asyncio.sleep(0.1)
+            assert outcomes == ["completed"] * 4
+    finally:
+        await upstream.stop()
+
+
+@pytest.mark.parametrize("answer", ["sse-head-alone", "sse-whole", "json-whole"])
+async def test_a_handler_cancelled_in_the_turn_of_vllms_head_holds_back_the_end(
+    moto_server, aws_endpoint_env, tmp_path: Path, monkeypatch, answer: str
+) -> None:
+    # The sidecar stopping (aiohttp cancels the handlers still running) in the turn that
+    # read vLLM's head, after the hook answered: the client still there must not get a
+    # complete answer (its end was held for the record), the record says shutdown, the
+    # connection ends, and nothing is left for the GC or escapes to the loop.
+    for name, value in aws_endpoint_env.items():
+        monkeypatch.setenv(name, value)
+    loop = asyncio.get_running_loop()
+    escaped: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: escaped.append(context))
+    handlers: list[asyncio.Task] = []
+    real_read, real_handle = Connection.data_received, Proxy.handle
+
+    def data_received(self: Connection, data: bytes) -> None:
+        real_read(self, data)
+        if data.startswith(b"HTTP/1.1 ") and handlers:
+            handlers.pop().cancel()
+
+    async def handle(self: Proxy, request):  # type: ignore[no-untyped-def]
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        return await real_handle(self, request)
+
+    monkeypatch.setattr(Connection, "data_received", data_received)
+    monkeypatch.setattr(Proxy, "handle", handle)
+    upstream = await ScriptedServer(_script).start()
+    try:
+        async with sidecar_app(upstream.url, moto_server, tmp_path) as (app, base):
+            records: list[dict] = []
+            proxy = app[PROXY]
+            finished: Callable = proxy._on_finished  # type: ignore[attr-defined]
+
+            def on_finished(done) -> None:  # type: ignore[no-untyped-def]
+                records.append(done.record)
+                finished(done)
+
+            proxy._on_finished = on_finished  # type: ignore[attr-defined]
+            await _one_client(base, answer)  # warm
+            await asyncio.sleep(0.1)
+            our_garbage()
+            records.clear()
+            gc.disable()
+            try:
+                got = [await _one_client(base, answer) for _ in range(2)]
+                await asyncio.sleep(0.2)
+                garbage = our_garbage()
+            finally:
+                gc.enable()
+            for one in got:
+                assert one.startswith(b"HTTP/1.1 200 "), one
+                assert not one.endswith(b"<no end in 3 s>"), one  # the connection ended
+                assert not one.endswith((b"0\r\n\r\n", b"{}")), one  # the end was held
+            assert [r["outcome"] for r in records] == ["sidecar_error"] * 2
+            assert [r["error"]["type"] for r in records] == ["sidecar_shutdown"] * 2
+            assert garbage == [], collections.Counter(garbage)
+            slots = app[UPSTREAM]._slots._value  # type: ignore[attr-defined]
+            assert slots == app[CONFIG].upstream_max_connections
+    finally:
+        await upstream.stop()
+        loop.set_exception_handler(None)
+    assert escaped == [], escaped
