@@ -89,6 +89,12 @@ class ClientStream:
             raise ClientGone("the client closed the connection")
         return cls(response, writer)
 
+    def check(self) -> None:
+        """Raise ClientGone if the client's connection is already closing."""
+        if self._transport.is_closing():
+            self._state = _State.GONE
+            raise ClientGone("the client closed the connection")
+
     def write(self, data: bytes) -> None:
         """Send `data` now (synchronous); raises ClientGone if the client has left."""
         if self._state is not _State.OPEN:

@@ -383,8 +383,14 @@ class Proxy:
             else:
                 ex.facts.upstream = failure
             return self._reply(ex, failure)
+        except BaseException:
+            # Cancelled after the head hook ran (the client left in the turn that read
+            # vLLM's head): an error the hook kept is never re-raised, and its traceback
+            # holds `_begin`'s frame, which holds `answer` (a cycle for the cyclic GC).
+            answer.error = None
+            raise
         try:
-            return await self._relay(ex, conn, answer)
+            return await self._relay(request, ex, conn, answer)
         finally:
             # Pooled again only after a complete response (upstream.py's invariant);
             # otherwise closed, so vLLM sees the disconnect and stops generating.
@@ -520,7 +526,9 @@ class Proxy:
         except Exception as exc:
             answer.error = exc
 
-    async def _relay(self, ex: Exchange, conn: Connection, answer: _Answer) -> web.StreamResponse:
+    async def _relay(
+        self, request: web.Request, ex: Exchange, conn: Connection, answer: _Answer
+    ) -> web.StreamResponse:
         """The rest of the exchange in the handler's task: wait for the body's end (draining
         a slow client meanwhile), record, then let the held end of the answer go."""
         response, client, relay = answer.response, answer.client, answer.relay
@@ -535,6 +543,9 @@ class Proxy:
                 await client.drain(stall)
                 conn.resume_reading()
             held = relay.end()
+            # A client lost while the body came (even in the turn that read vLLM's head,
+            # whole body included) is gone, not served: known before the record says so.
+            client.check()
             self._finish(ex)
             await client.end(held, stall)
         except (ClientGone, ConnectionError) as exc:
@@ -550,6 +561,13 @@ class Proxy:
             ex.facts.defect = type(exc).__name__
             if client is not None:
                 client.abort()
+            elif response.prepared:
+                # The head never left, but aiohttp's writer was set up for it (a prepare()
+                # that suspended): whatever aiohttp would write now (a chunk terminator, or
+                # a 500 framed for this writer) is not a well-formed answer. Cut instead.
+                response.force_close()
+                if request.transport is not None:
+                    request.transport.close()
         return response
 
 
