@@ -18,13 +18,19 @@ tests/sidecar/test_client_stream.py):
    body; when the writer chose chunked coding (`writer.chunked`) each piece must be
    framed by us as `<hex size>CRLF data CRLF`, and `write_eof()` still writes
    the last chunk.
-3. The request handler is an asyncio protocol whose `writing_paused` is true
+3. A response whose `_send_headers_immediately` is false (aiohttp's own
+   `web.Response` sets it so) keeps the head buffered through `prepare()`;
+   `write_eof()` then sends it: how a held head (below) waits for the record.
+4. The request handler is an asyncio protocol whose `writing_paused` is true
    between the transport's `pause_writing()` and `resume_writing()`, and
    `writer.drain()` waits for the latter (an event, not a poll). A stall is
    judged by progress: the transport's buffer not shrinking for `stall_s`.
 
-States, in order: OPEN (head sent, writing) → ENDED (write_eof) or GONE (the
-client left or stalled). Writing in any state but OPEN raises.
+States, in order: OPEN (head sent, writing), or HELD (an answer with no body by
+definition — to HEAD, 204, 304, `Content-Length: 0` — whose head is the whole
+answer: aiohttp keeps it buffered and `write_eof()` sends it, so that it too
+leaves only after the record) → ENDED (write_eof) or GONE (the client left or
+stalled). Writing in any state but OPEN raises.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ def _run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
 
 
 class _State(enum.Enum):
+    HELD = "held"
     OPEN = "open"
     ENDED = "ended"
     GONE = "gone"
@@ -69,7 +76,9 @@ class ClientStream:
 
     __slots__ = ("_chunked", "_protocol", "_response", "_state", "_transport", "_writer")
 
-    def __init__(self, response: web.StreamResponse, writer: AbstractStreamWriter) -> None:
+    def __init__(
+        self, response: web.StreamResponse, writer: AbstractStreamWriter, *, hold_head: bool
+    ) -> None:
         transport = writer.transport
         if transport is None or transport.is_closing():
             raise ClientGone("the client closed the connection")
@@ -78,16 +87,24 @@ class ClientStream:
         self._transport: asyncio.WriteTransport = transport
         self._protocol = writer.protocol  # type: ignore[attr-defined]
         self._chunked = bool(writer.chunked)  # type: ignore[attr-defined]
-        self._state = _State.OPEN
-        writer.send_headers()
+        if hold_head:
+            self._state = _State.HELD
+        else:
+            self._state = _State.OPEN
+            writer.send_headers()
 
     @classmethod
-    def open(cls, response: web.StreamResponse, request: web.Request) -> ClientStream:
-        """Prepare `response` and send its head, now (behaviour 1); synchronous."""
+    def open(
+        cls, response: web.StreamResponse, request: web.Request, *, hold_head: bool = False
+    ) -> ClientStream:
+        """Prepare `response` and send its head, now (behaviour 1); synchronous. With
+        `hold_head` (an answer without a body) the head waits for `end()` instead."""
+        if hold_head:
+            response._send_headers_immediately = False  # behaviour 3
         writer = _run_to_completion(response.prepare(request))
         if writer is None:
             raise ClientGone("the client closed the connection")
-        return cls(response, writer)
+        return cls(response, writer, hold_head=hold_head)
 
     def check(self) -> None:
         """Raise ClientGone if the client's connection is already closing."""
@@ -160,7 +177,7 @@ class ClientStream:
         if last:
             self.write(last)
         await self.drain(stall_s)
-        if self._state is not _State.OPEN:
+        if self._state is not _State.OPEN and self._state is not _State.HELD:
             raise ProtocolStateError(f"client stream: end when {self._state.value}")
         self._state = _State.ENDED
         try:

@@ -17,7 +17,8 @@ Invariants:
 - A client never holds a complete answer whose record is not spooled: the
   record is appended before the bytes that complete the answer leave — the
   SSE chunk carrying `data: [DONE]`, the last bytes of a body of known length,
-  the end of a chunked body.
+  the end of a chunked body, the head of an answer without a body (to HEAD,
+  204, 304, `Content-Length: 0`).
 - The upstream connection is handed back to the pool only by `release`, which
   reuses it only if its response was read to the end and every byte went to
   this exchange's relay (upstream.py states the invariant); a client that left
@@ -512,7 +513,13 @@ class Proxy:
                 capture = BodyCapture(self._config.max_recorded_body_bytes)
             ex.capture = capture
             answer.response = response
-            answer.client = ClientStream.open(response, request)
+            # An answer with no body is complete with its head: that waits for the record.
+            bodyless = (
+                request.method == "HEAD"
+                or head.status in (204, 304)
+                or (head.content_length == 0 and not is_sse)
+            )
+            answer.client = ClientStream.open(response, request, hold_head=bodyless)
             relay = answer.relay = _BodyRelay(
                 answer.client,
                 conn,

@@ -3,7 +3,8 @@
 The module docstring lists them: (1) `prepare()` buffers the head and
 `send_headers()` writes it at once; (2) after the head, transport writes are
 the body and chunked coding is ours to frame, `write_eof` still ends it;
-(3) `writing_paused` + `drain()` tell a slow client by an event. If an aiohttp
+(3) a response told not to send its head at once keeps it for `write_eof()`;
+(4) `writing_paused` + `drain()` tell a slow client by an event. If an aiohttp
 upgrade changes any of these, the matching test fails here before the proxy
 misbehaves.
 """
@@ -81,6 +82,37 @@ async def get(port: int, until: Callable[[Parsed], bool]) -> Parsed:
     finally:
         writer.close()
     return parsed
+
+
+@pytest.mark.parametrize("status", [204, 200])
+async def test_a_held_head_leaves_only_with_the_end(serve, status) -> None:
+    # behaviour 3: an answer without a body keeps its head (the whole answer) until end()
+    opened, released = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers={"x-marker": "1"})
+        if status == 200:
+            response.content_length = 0
+        stream = ClientStream.open(response, request, hold_head=True)
+        with pytest.raises(ProtocolStateError):
+            stream.write(b"a body where none may be")
+        opened.set()
+        await released.wait()
+        await stream.end(b"", 5)
+        return response
+
+    port = await serve(handler)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await opened.wait()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await reader.read(1)  # nothing before end()
+    released.set()
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 %d " % status) and b"x-marker: 1" in head.lower()
 
 
 async def test_the_head_leaves_as_soon_as_the_stream_opens(serve) -> None:

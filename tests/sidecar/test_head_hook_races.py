@@ -11,6 +11,7 @@ handler — runs next) just before, or just after, vLLM's head is parsed.
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import collections
 import gc
 import re
@@ -21,6 +22,7 @@ import orjson
 import pytest
 
 from sidecar_audit.app import CONFIG, PROXY, TRAIL, UPSTREAM
+from sidecar_audit.audit_trail import AuditTrail
 from sidecar_audit.proxy import Proxy
 from sidecar_audit.upstream import Connection
 from tests import sidecar_fixture
@@ -332,3 +334,62 @@ async def test_a_handler_cancelled_in_the_turn_of_vllms_head_holds_back_the_end(
         await upstream.stop()
         loop.set_exception_handler(None)
     assert escaped == [], escaped
+
+
+_BODYLESS: dict[str, tuple[bytes, bytes]] = {
+    # (the client's request line, vLLM's whole answer)
+    "204": (b"POST /v1/chat/completions", b"HTTP/1.1 204 No Content\r\n\r\n"),
+    "length-0": (b"POST /v1/chat/completions", b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+    # Starlette answers HEAD on every GET route: the head of the GET's answer, no body
+    "HEAD": (
+        b"HEAD /v1/models",
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 120\r\n\r\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(_BODYLESS))
+async def test_an_answer_without_a_body_leaves_only_after_its_record(
+    moto_server, aws_endpoint_env, tmp_path: Path, monkeypatch, case: str
+) -> None:
+    # The head of an answer that has no body by definition is the whole answer: it must
+    # wait for the record like `data: [DONE]` and a body's last bytes do (proxy.py). On
+    # 28c8bb5 (and before it) it left at once, before the record was spooled.
+    for name, value in aws_endpoint_env.items():
+        monkeypatch.setenv(name, value)
+    line, vllm_answer = _BODYLESS[case]
+    order: list[str] = []
+    port: list[int] = []
+    real_accept = AuditTrail.accept
+
+    def accept(self: AuditTrail, done) -> None:  # type: ignore[no-untyped-def]
+        order.append("record spooled")
+        real_accept(self, done)
+
+    def recording(real):  # type: ignore[no-untyped-def]
+        def write(self, data) -> None:  # type: ignore[no-untyped-def]
+            sockname = self.get_extra_info("sockname")
+            if port and sockname is not None and sockname[1] == port[0]:
+                order.append("bytes to the client")
+            real(self, data)
+
+        return write
+
+    transport = asyncio.selector_events._SelectorSocketTransport  # the tests' loop
+    monkeypatch.setattr(AuditTrail, "accept", accept)
+    monkeypatch.setattr(transport, "write", recording(transport.write))
+    monkeypatch.setattr(transport, "writelines", recording(transport.writelines))
+    upstream = await ScriptedServer(lambda n, request: [vllm_answer]).start()
+    try:
+        async with sidecar_app(upstream.url, moto_server, tmp_path) as (_, base):
+            port.append(int(base.rsplit(":", 1)[1]))
+            head = "".join(f"{k}: {v}\r\n" for k, v in AUDIT_HEADERS.items()).encode()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port[0])
+            writer.write(line + b" HTTP/1.1\r\nhost: x\r\n" + head + b"content-length: 0\r\n\r\n")
+            async with asyncio.timeout(5):
+                got = await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+    finally:
+        await upstream.stop()
+    assert got.startswith(vllm_answer.split(b"\r\n", 1)[0]), got
+    assert order[:2] == ["record spooled", "bytes to the client"], order

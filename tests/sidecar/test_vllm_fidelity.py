@@ -600,9 +600,9 @@ async def test_the_first_events_leave_in_the_call_that_read_the_head(
         finally:
             current.pop()
 
-    def open_stream(response, request):  # type: ignore[no-untyped-def]
+    def open_stream(response, request, **options):  # type: ignore[no-untyped-def]
         seen.append(("open", current[-1] if current else None, b""))
-        return real_open(response, request)
+        return real_open(response, request, **options)
 
     def write(self: ClientStream, data: bytes) -> None:
         seen.append(("write", current[-1] if current else None, data))
