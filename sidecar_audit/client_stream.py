@@ -140,20 +140,35 @@ class ClientStream:
         # then returns at once: a closed transport ends the wait (else this loop would
         # never suspend), and is checked before the ioctl (a closed socket's fd is -1),
         # which runs only when there is something to wait for.
+        # aiohttp's drain() awaits the protocol's one waiter future itself: a timeout that
+        # cancelled it would leave it cancelled, and every later drain() would raise
+        # CancelledError at once. One drain task is waited on across stall periods instead
+        # (asyncio.wait does not cancel it), and cancelled only when we stop waiting.
         before = self._unsent() if self.congested and not transport.is_closing() else 0
-        while self.congested and not transport.is_closing():
-            try:
-                async with asyncio.timeout(stall_s):
-                    await self._writer.drain()
-            except TimeoutError:
+        drained: asyncio.Future[None] | None = None
+        try:
+            while self.congested and not transport.is_closing():
+                if drained is None:
+                    drained = asyncio.ensure_future(self._writer.drain())
+                await asyncio.wait((drained,), timeout=stall_s)
+                if drained.done():
+                    done, drained = drained, None
+                    done.result()  # ConnectionError: the client left
+                    continue
                 now = self._unsent()
                 if now >= before:
                     self._cut()
-                    raise ClientGone(f"the client read nothing for {stall_s:g} s") from None
+                    raise ClientGone(f"the client read nothing for {stall_s:g} s")
                 before = now
-            except ConnectionError:
-                self._state = _State.GONE
-                raise ClientGone("the client closed the connection") from None
+        except ConnectionError:
+            self._state = _State.GONE
+            raise ClientGone("the client closed the connection") from None
+        finally:
+            if drained is not None:
+                if drained.done() and not drained.cancelled():
+                    drained.exception()  # ended as we left (cancelled): retrieved, not logged
+                drained.cancel()
+                drained = None
         if transport.is_closing():
             self._state = _State.GONE
             raise ClientGone("the client closed the connection")

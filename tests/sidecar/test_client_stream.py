@@ -249,6 +249,46 @@ async def test_a_slow_but_steady_reader_is_not_cut_while_it_makes_progress(serve
     writer.close()
 
 
+async def test_a_reader_slower_than_the_stall_limit_is_waited_for_again_not_cancelled(
+    serve,
+) -> None:
+    """A reader so slow that a whole stall period passes with our buffer still above its
+    low mark, yet taking bytes in it: the next period must be waited for like the first.
+    aiohttp's drain() awaits the protocol's one waiter future itself, so the stall
+    timeout's cancellation cancelled that future, and every later drain() raised
+    CancelledError at once: the handler died as if the server stopped (the proxy
+    recorded `sidecar_shutdown` for a client that was only slow)."""
+    outcome: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        stream = ClientStream.open(response, request)
+        while not stream.congested:
+            stream.write(b"s" * 65536)
+            await asyncio.sleep(0)
+        try:
+            await stream.drain(0.3)
+            outcome.append("drained")
+        except ClientGone:
+            outcome.append("cut")
+        except BaseException as exc:
+            outcome.append(type(exc).__name__)
+            raise
+        return response
+
+    port = await serve(handler)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 2.0  # several stall periods, each with some bytes taken
+    while loop.time() < until and not outcome:
+        await reader.read(2048)
+        await asyncio.sleep(0.1)
+    writer.close()
+    assert outcome in ([], ["drained"]), outcome
+
+
 async def test_a_client_gone_before_the_drain_is_gone_not_a_defect_nor_a_spin(serve) -> None:
     """The client resets the connection after a write paused the transport and before the
     proxy's task reaches drain() (both in one loop iteration, a hostile client's timing).
