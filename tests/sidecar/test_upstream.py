@@ -164,6 +164,7 @@ class ScriptedServer:
         self.requests = 0
         self.server: asyncio.Server | None = None
         self.url = ""
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> ScriptedServer:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -173,6 +174,7 @@ class ScriptedServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -195,11 +197,16 @@ class ScriptedServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def stop(self) -> None:
         assert self.server is not None
         self.server.close()
+        # Since Python 3.12.1 wait_closed() also waits for every open connection: a
+        # keep-alive connection the test left idle would hold it until the test's timeout.
+        for writer in list(self._writers):
+            writer.close()
         await self.server.wait_closed()
 
 
