@@ -20,8 +20,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar_audit.app import build_app
+from sidecar_audit.app import PROXY, build_app
 from sidecar_audit.config import Config
+from sidecar_audit.proxy import Finished
 from tests.audit_s3 import AuditObjects, create_bucket, read_audit, wait_for_records
 from tests.procs import Proc, free_port, python_module, wait_http
 
@@ -159,3 +160,18 @@ async def sidecar_app(
         yield app, f"http://127.0.0.1:{server.port}"
     finally:
         await server.close()
+
+
+def finished_exchanges(app: web.Application) -> list[Finished]:
+    """Every exchange the in-process sidecar finishes from now on, in order: what its
+    proxy hands to the audit trail (outcome, record), kept on the way."""
+    proxy = app[PROXY]
+    finished: list[Finished] = []
+    hand_over = proxy._on_finished
+
+    def on_finished(done: Finished) -> None:
+        finished.append(done)
+        hand_over(done)
+
+    proxy._on_finished = on_finished
+    return finished

@@ -15,20 +15,19 @@ import asyncio.selector_events
 import collections
 import gc
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from sidecar_audit.app import CONFIG, PROXY, TRAIL, UPSTREAM
+from sidecar_audit.app import CONFIG, TRAIL, UPSTREAM
 from sidecar_audit.audit_trail import AuditTrail
 from sidecar_audit.proxy import Proxy
 from sidecar_audit.upstream import Connection
 from tests import sidecar_fixture
 from tests.sidecar.garbage import our_garbage
 from tests.sidecar.test_upstream import ScriptedServer
-from tests.sidecar_fixture import AUDIT_HEADERS, sidecar_app
+from tests.sidecar_fixture import AUDIT_HEADERS, finished_exchanges, sidecar_app
 
 CHAT = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "messages": [{"role": "user", "content": "hi"}]}
 _SSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -128,19 +127,11 @@ async def test_a_client_lost_in_the_turn_of_vllms_head_is_one_record_and_no_cycl
     upstream = await ScriptedServer(_script).start()
     try:
         async with sidecar_app(upstream.url, moto_server, tmp_path) as (app, base):
-            outcomes: list[str] = []
-            proxy = app[PROXY]
-            finished: Callable = proxy._on_finished  # type: ignore[attr-defined]
-
-            def on_finished(done) -> None:  # type: ignore[no-untyped-def]
-                outcomes.append(done.outcome)
-                finished(done)
-
-            proxy._on_finished = on_finished  # type: ignore[attr-defined]
+            finished = finished_exchanges(app)
             await _one_client(base, answer)  # warm
             await asyncio.sleep(0.1)
             our_garbage()
-            outcomes.clear()
+            finished.clear()
             accepted = app[TRAIL].snapshot().records_spooled
             gc.disable()
             try:
@@ -150,7 +141,7 @@ async def test_a_client_lost_in_the_turn_of_vllms_head_is_one_record_and_no_cycl
                 garbage = our_garbage()
             finally:
                 gc.enable()
-            assert outcomes == ["client_disconnected"] * 3
+            assert [done.outcome for done in finished] == ["client_disconnected"] * 3
             assert app[TRAIL].snapshot().records_spooled - accepted == 3
             assert garbage == [], collections.Counter(garbage)
             slots = app[UPSTREAM]._slots._value  # type: ignore[attr-defined]
@@ -184,18 +175,10 @@ async def test_a_head_hook_that_cannot_prepare_the_answer_is_a_500_not_a_bogus_a
     upstream = await ScriptedServer(_script).start()
     try:
         async with sidecar_app(upstream.url, moto_server, tmp_path) as (app, base):
-            outcomes: list[str] = []
-            proxy = app[PROXY]
-            finished: Callable = proxy._on_finished  # type: ignore[attr-defined]
-
-            def on_finished(done) -> None:  # type: ignore[no-untyped-def]
-                outcomes.append(done.outcome)
-                finished(done)
-
-            proxy._on_finished = on_finished  # type: ignore[attr-defined]
+            finished = finished_exchanges(app)
             for answer in ("sse-whole", "json-whole"):
                 got = await _one_client(base, answer)
-                assert outcomes.pop() == "sidecar_error", answer
+                assert finished.pop().outcome == "sidecar_error", answer
                 assert got == b"" or _a_well_framed_500(got), (answer, got[:400])
     finally:
         await upstream.stop()
@@ -230,15 +213,7 @@ async def test_pipelined_head_sse_and_closing_requests_each_get_their_own_answer
     ).start()
     try:
         async with sidecar_app(upstream.url, moto_server, tmp_path) as (app, base):
-            outcomes: list[str] = []
-            proxy = app[PROXY]
-            finished: Callable = proxy._on_finished  # type: ignore[attr-defined]
-
-            def on_finished(done) -> None:  # type: ignore[no-untyped-def]
-                outcomes.append(done.outcome)
-                finished(done)
-
-            proxy._on_finished = on_finished  # type: ignore[attr-defined]
+            finished = finished_exchanges(app)
             host, port = base[7:].split(":")
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(
@@ -264,7 +239,7 @@ async def test_pipelined_head_sse_and_closing_requests_each_get_their_own_answer
             assert got.startswith(b"HTTP/1.0 200 ") and b"chunked" not in got, got
             assert got.endswith(b"\r\n\r\n" + _EVENT + _DONE), got
             await asyncio.sleep(0.1)
-            assert outcomes == ["completed"] * 4
+            assert [done.outcome for done in finished] == ["completed"] * 4
     finally:
         await upstream.stop()
 
@@ -301,19 +276,11 @@ async def test_a_handler_cancelled_in_the_turn_of_vllms_head_holds_back_the_end(
     upstream = await ScriptedServer(_script).start()
     try:
         async with sidecar_app(upstream.url, moto_server, tmp_path) as (app, base):
-            records: list[dict] = []
-            proxy = app[PROXY]
-            finished: Callable = proxy._on_finished  # type: ignore[attr-defined]
-
-            def on_finished(done) -> None:  # type: ignore[no-untyped-def]
-                records.append(done.record)
-                finished(done)
-
-            proxy._on_finished = on_finished  # type: ignore[attr-defined]
+            finished = finished_exchanges(app)
             await _one_client(base, answer)  # warm
             await asyncio.sleep(0.1)
             our_garbage()
-            records.clear()
+            finished.clear()
             gc.disable()
             try:
                 got = [await _one_client(base, answer) for _ in range(2)]
@@ -325,6 +292,7 @@ async def test_a_handler_cancelled_in_the_turn_of_vllms_head_holds_back_the_end(
                 assert one.startswith(b"HTTP/1.1 200 "), one
                 assert not one.endswith(b"<no end in 3 s>"), one  # the connection ended
                 assert not one.endswith((b"0\r\n\r\n", b"{}")), one  # the end was held
+            records = [done.record for done in finished]
             assert [r["outcome"] for r in records] == ["sidecar_error"] * 2
             assert [r["error"]["type"] for r in records] == ["sidecar_shutdown"] * 2
             assert garbage == [], collections.Counter(garbage)

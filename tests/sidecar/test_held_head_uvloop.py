@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from sidecar_audit.app import CONFIG, PROXY, UPSTREAM
+from sidecar_audit.app import CONFIG, UPSTREAM
 from sidecar_audit.audit_trail import AuditTrail
 from sidecar_audit.proxy import Proxy
 from tests.sidecar import test_head_hook_races as races
 from tests.sidecar.garbage import our_garbage
 from tests.sidecar.test_upstream import ScriptedServer
-from tests.sidecar_fixture import AUDIT_HEADERS, sidecar_app
+from tests.sidecar_fixture import AUDIT_HEADERS, finished_exchanges, sidecar_app
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -189,18 +189,10 @@ async def _slow_reader(moto: str, tmp_path: Path) -> tuple[list[str], int, list,
     escaped: list[dict] = []
     loop.set_exception_handler(lambda _loop, context: escaped.append(context))
     upstream = await ScriptedServer(_script).start()
-    outcomes: list[str] = []
     try:
         settings = {"CLIENT_WRITE_STALL_S": "0.3"}
         async with sidecar_app(upstream.url, moto, tmp_path, **settings) as (app, base):
-            proxy = app[PROXY]
-            finished: Callable = proxy._on_finished  # type: ignore[attr-defined]
-
-            def on_finished(done) -> None:  # type: ignore[no-untyped-def]
-                outcomes.append(done.outcome)
-                finished(done)
-
-            proxy._on_finished = on_finished  # type: ignore[attr-defined]
+            finished = finished_exchanges(app)
             our_garbage()
             gc.disable()
             try:
@@ -234,7 +226,7 @@ async def _slow_reader(moto: str, tmp_path: Path) -> tuple[list[str], int, list,
     finally:
         await upstream.stop()
         loop.set_exception_handler(None)
-    return outcomes, got, escaped, garbage
+    return [done.outcome for done in finished], got, escaped, garbage
 
 
 @pytest.mark.parametrize("loop_name", list(LOOPS))
