@@ -67,6 +67,34 @@ class Parsed:
         self.complete = True
 
 
+async def fill_until_congested(stream: ClientStream) -> None:
+    """Write until the transport's buffer passes its high-water mark (the event source)."""
+    while not stream.congested:
+        stream.write(b"x" * 65536)
+        await asyncio.sleep(0)
+
+
+def fill_then_drain(stall_s: float, outcome: list[str]) -> Handler:
+    """A handler that congests the transport, then drains it: `outcome` gets "drained",
+    "cut" (ClientGone), or the name of anything else that ended the drain."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        stream = ClientStream.open(response, request)
+        await fill_until_congested(stream)
+        try:
+            await stream.drain(stall_s)
+            outcome.append("drained")
+        except ClientGone:
+            outcome.append("cut")
+        except BaseException as exc:
+            outcome.append(type(exc).__name__)
+            raise
+        return response
+
+    return handler
+
+
 async def get(port: int, until: Callable[[Parsed], bool]) -> Parsed:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -161,10 +189,7 @@ async def test_a_client_that_reads_nothing_is_told_by_an_event_and_cut_after_the
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         stream = ClientStream.open(response, request)
-        chunk = b"x" * 65536
-        while not stream.congested:  # the transport's high-water mark, as an event source
-            stream.write(chunk)
-            await asyncio.sleep(0)
+        await fill_until_congested(stream)
         outcome.append("congested")
         try:
             await stream.drain(0.5)
@@ -191,9 +216,7 @@ async def test_a_client_that_drains_releases_the_wait(serve) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         stream = ClientStream.open(response, request)
-        while not stream.congested:
-            stream.write(b"y" * 65536)
-            await asyncio.sleep(0)
+        await fill_until_congested(stream)
         await stream.drain(10)
         drained.append(True)
         await stream.end(b"", 5)
@@ -221,21 +244,7 @@ async def test_a_slow_but_steady_reader_is_not_cut_while_it_makes_progress(serve
     """Megabytes sit in kernel buffers: draining them takes a slow client longer than the
     stall limit, but every second it takes some bytes, so it is not stalled."""
     outcome: list[str] = []
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        stream = ClientStream.open(response, request)
-        while not stream.congested:
-            stream.write(b"z" * 65536)
-            await asyncio.sleep(0)
-        try:
-            await stream.drain(0.5)
-            outcome.append("drained")
-        except ClientGone:
-            outcome.append("cut")
-        return response
-
-    port = await serve(handler)
+    port = await serve(fill_then_drain(0.5, outcome))
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -259,24 +268,7 @@ async def test_a_reader_slower_than_the_stall_limit_is_waited_for_again_not_canc
     CancelledError at once: the handler died as if the server stopped (the proxy
     recorded `sidecar_shutdown` for a client that was only slow)."""
     outcome: list[str] = []
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        stream = ClientStream.open(response, request)
-        while not stream.congested:
-            stream.write(b"s" * 65536)
-            await asyncio.sleep(0)
-        try:
-            await stream.drain(0.3)
-            outcome.append("drained")
-        except ClientGone:
-            outcome.append("cut")
-        except BaseException as exc:
-            outcome.append(type(exc).__name__)
-            raise
-        return response
-
-    port = await serve(handler)
+    port = await serve(fill_then_drain(0.3, outcome))
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -300,9 +292,7 @@ async def test_a_client_gone_before_the_drain_is_gone_not_a_defect_nor_a_spin(se
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         stream = ClientStream.open(response, request)
-        while not stream.congested:
-            stream.write(b"x" * 65536)
-            await asyncio.sleep(0)
+        await fill_until_congested(stream)
         outcome.append("congested")
         # the reset has been seen (connection_lost: no event to wait on)
         while request.protocol.transport is not None:  # noqa: ASYNC110
@@ -354,9 +344,7 @@ async def test_a_client_cut_for_stalling_does_not_keep_its_connection(serve) -> 
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         stream = ClientStream.open(response, request)
-        while not stream.congested:
-            stream.write(b"x" * 65536)
-            await asyncio.sleep(0)
+        await fill_until_congested(stream)
         try:
             await stream.drain(0.5)
         except ClientGone as exc:

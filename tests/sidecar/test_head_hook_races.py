@@ -80,6 +80,16 @@ async def _one_client(url: str, answer: str) -> bytes:
     return got
 
 
+def _watch_the_loop(aws_endpoint_env: dict[str, str], monkeypatch) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Point the AWS endpoints at moto; returns what reaches the running loop's exception
+    handler from now on (the caller resets the handler)."""
+    for name, value in aws_endpoint_env.items():
+        monkeypatch.setenv(name, value)
+    escaped: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: escaped.append(ctx))
+    return escaped
+
+
 def _a_well_framed_500(got: bytes) -> bool:
     head, _, body = got.partition(b"\r\n\r\n")
     body = body.removesuffix(b"<no end in 3 s>")  # kept alive: it must end where it says
@@ -98,11 +108,8 @@ async def test_a_client_lost_in_the_turn_of_vllms_head_is_one_record_and_no_cycl
     # `completed` for a client that was gone before the exchange ended (on 28c8bb5 an
     # answer whose whole body came with the head was recorded completed, the held end
     # never reaching anyone). Either way: one record, no cycle, no slot leaked.
-    for name, value in aws_endpoint_env.items():
-        monkeypatch.setenv(name, value)
     loop = asyncio.get_running_loop()
-    escaped: list[dict] = []
-    loop.set_exception_handler(lambda _loop, context: escaped.append(context))
+    escaped = _watch_the_loop(aws_endpoint_env, monkeypatch)
     clients: list[asyncio.Transport] = []  # the sidecar's end of each client connection
     real_read, real_handle = Connection.data_received, Proxy.handle
 
@@ -252,11 +259,8 @@ async def test_a_handler_cancelled_in_the_turn_of_vllms_head_holds_back_the_end(
     # read vLLM's head, after the hook answered: the client still there must not get a
     # complete answer (its end was held for the record), the record says shutdown, the
     # connection ends, and nothing is left for the GC or escapes to the loop.
-    for name, value in aws_endpoint_env.items():
-        monkeypatch.setenv(name, value)
     loop = asyncio.get_running_loop()
-    escaped: list[dict] = []
-    loop.set_exception_handler(lambda _loop, context: escaped.append(context))
+    escaped = _watch_the_loop(aws_endpoint_env, monkeypatch)
     handlers: list[asyncio.Task] = []
     real_read, real_handle = Connection.data_received, Proxy.handle
 
