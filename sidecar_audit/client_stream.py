@@ -116,10 +116,8 @@ class ClientStream:
         """Send `data` now (synchronous); raises ClientGone if the client has left."""
         if self._state is not _State.OPEN:
             raise ProtocolStateError(f"client stream: write when {self._state.value}")
+        self.check()
         transport = self._transport
-        if transport.is_closing():
-            self._state = _State.GONE
-            raise ClientGone("the client closed the connection")
         if self._chunked:
             transport.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
@@ -169,9 +167,7 @@ class ClientStream:
                     drained.exception()  # ended as we left (cancelled): retrieved, not logged
                 drained.cancel()
                 drained = None
-        if transport.is_closing():
-            self._state = _State.GONE
-            raise ClientGone("the client closed the connection")
+        self.check()
 
     def _unsent(self) -> int:
         """Bytes written but not yet taken by the client: our buffer plus the kernel's
