@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import subprocess
+import tomllib
 
 from tests.deploy.tools import ROOT
 
@@ -48,7 +49,12 @@ def test_the_test_command_reuses_or_rebuilds_an_existing_venv() -> None:
     shared = (ROOT / "scripts" / "lib" / "venv.sh").read_text()
     assert ". scripts/lib/venv.sh" in text and "ensure_project_venv" in text
     assert "python3 -m venv --clear" in shared  # a broken .venv is rebuilt, a working one kept
-    assert 'exec .venv/bin/python -m pytest "$@"' in text
+    # two xdist workers by default, the caller's arguments after them (a later -n wins)
+    assert 'exec .venv/bin/python -m pytest -n 2 "$@"' in text
+    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["test"]
+    assert any(req.startswith("pytest-xdist") for req in test_extra)
     # the no-Docker stack sets itself up the same way
     stack = (ROOT / "scripts" / "local-stack").read_text()
     assert ". scripts/lib/venv.sh" in stack and "ensure_project_venv" in stack
