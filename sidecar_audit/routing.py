@@ -7,7 +7,8 @@ configured. A pattern is an exact path, a prefix ending in `*`, or a path whose
 `{name}` segments match any one non-empty segment. Paths are matched after
 percent-decoding, as vLLM's router sees them; a path with `.`/`..` segments or a
 NUL is never forwarded, so no spelling of a forbidden route (`/metrics`,
-`/v1/load_lora_adapter`, dev routes) slips through.
+`/v1/load_lora_adapter`, dev routes) slips through. The engine's admin routes
+(`NEVER_FORWARDED`) are refused even when an operator's pattern covers them.
 
 Request fields are read the way vLLM's pydantic request models read them in lax
 mode (vLLM 0.33: `stream: bool | None`, `n: int | None` (chat) / `int` (completions),
@@ -61,6 +62,65 @@ POOLING_PATHS: Final = (
 )
 
 
+# Routes never forwarded, whatever ALLOWED_PATHS says: the engine's admin surface
+# (vllm_routes.json classes `rl`, `dev`, `elastic-ep`, `sleep-wake`, `profiling`, `lora`,
+# `fault-tolerance`) and scale-out's engine-wide abort. Anyone reaching them could load
+# adapters, put the engine to sleep, swap weights or abort every user's requests.
+NEVER_FORWARDED_CLASSES: Final = (
+    "rl",
+    "dev",
+    "elastic-ep",
+    "sleep-wake",
+    "profiling",
+    "lora",
+    "fault-tolerance",
+)
+NEVER_FORWARDED: Final = frozenset(
+    {
+        # rl
+        "/abort_requests",
+        "/finish_weight_update",
+        "/get_world_size",
+        "/init_weight_transfer_engine",
+        "/is_paused",
+        "/pause",
+        "/resume",
+        "/shutdown_weight_transfer_engine",
+        "/start_draft_weight_update",
+        "/start_weight_update",
+        "/update_weight_version",
+        "/update_weights",
+        "/weight_checker",
+        "/weight_info",
+        # dev
+        "/collective_rpc",
+        "/reset_encoder_cache",
+        "/reset_mm_cache",
+        "/reset_prefix_cache",
+        "/server_info",
+        # elastic-ep
+        "/is_scaling_elastic_ep",
+        "/scale_elastic_ep",
+        # sleep-wake
+        "/is_sleeping",
+        "/release_kv_cache_memory",
+        "/sleep",
+        "/wake_up",
+        # profiling
+        "/start_profile",
+        "/stop_profile",
+        # lora
+        "/v1/load_lora_adapter",
+        "/v1/unload_lora_adapter",
+        # fault-tolerance
+        "/fault_tolerance/apply",
+        "/fault_tolerance/status",
+        # scale-out's abort (class scale-out; its other routes only refused by default)
+        "/inference/v1/abort_requests",
+    }
+)
+
+
 # Non-client routes a `{name}` pattern above would match: POST /v1/responses/render
 # is scale-out's render route in vLLM (Starlette takes the first full match, and
 # `/v1/responses/{response_id}` is GET only). Matched only by an exact pattern.
@@ -79,6 +139,8 @@ INVALID: Final = _Invalid()
 _TRUE_WORDS = frozenset({"t", "y", "on", "yes", "true"})
 _FALSE_WORDS = frozenset({"f", "n", "no", "off", "false"})
 _INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
+_MAX_INT_DIGITS = 4300  # significant digits pydantic reads from a string (Python's default too)
+_FLOAT_INT_LIMIT = 2.0**63  # pydantic refuses an integral float this large (int_parsing_size)
 
 
 def path_allowed(raw_path: str, patterns: tuple[str, ...]) -> bool:
@@ -86,7 +148,7 @@ def path_allowed(raw_path: str, patterns: tuple[str, ...]) -> bool:
     if "\x00" in path or not path.startswith("/"):
         return False
     segments = path.split("/")
-    if any(segment in (".", "..") for segment in segments):
+    if any(segment in (".", "..") for segment in segments) or path in NEVER_FORWARDED:
         return False
     for pattern in patterns:
         if pattern.endswith("*"):
@@ -138,11 +200,15 @@ def lax_int(value: Any) -> int | _Invalid | None:
     if value is None or isinstance(value, int):
         return int(value) if isinstance(value, bool) else value
     if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value.is_integer() else INVALID
+        if math.isfinite(value) and value.is_integer() and abs(value) < _FLOAT_INT_LIMIT:
+            return int(value)
+        return INVALID
     if isinstance(value, str):
         text = value.strip()
         if _INT_TEXT.fullmatch(text):
-            return int(text.split(".", 1)[0].replace("_", ""))
+            digits = text.lstrip("+-").split(".", 1)[0].replace("_", "").lstrip("0") or "0"
+            if len(digits) <= _MAX_INT_DIGITS:  # past it pydantic refuses (and int() raises)
+                return -int(digits) if text.startswith("-") else int(digits)
     return INVALID
 
 

@@ -80,6 +80,20 @@ async def test_admin_routes_get_404_and_never_reach_vllm(standin_session, sideca
     assert hits == ["/v1/load_lora_adapter"]  # only the direct call
 
 
+async def test_admin_routes_stay_refused_under_a_pattern_that_covers_them(
+    standin_session, start_sidecar
+) -> None:
+    wide = start_sidecar(standin_session.url, ALLOWED_PATHS="/*")
+    standin_session.reset()
+    async with aiohttp.ClientSession() as session:
+        for path in ADMIN:
+            async with session.post(f"{wide.url}{path}", json={}, headers=AUDIT_HEADERS) as r:
+                assert r.status == 404, path
+        async with session.get(f"{wide.url}/v1/models", headers=AUDIT_HEADERS) as response:
+            assert response.status == 200  # the pattern does forward what is not admin
+    assert [r["path"] for r in standin_session.requests()] == ["/v1/models"]
+
+
 @pytest.mark.parametrize("spelling", ["true", 1, "yes", "On", 1.0])
 async def test_every_stream_spelling_has_usage_in_the_record(sidecar, spelling) -> None:
     request_id = rid()

@@ -18,8 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from sidecar_audit.config import Config
-from sidecar_audit.routing import CLIENT_PATHS, POOLING_PATHS, path_allowed
+from sidecar_audit.config import Config, ConfigError
+from sidecar_audit.routing import (
+    CLIENT_PATHS,
+    NEVER_FORWARDED,
+    NEVER_FORWARDED_CLASSES,
+    POOLING_PATHS,
+    path_allowed,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "sidecar_audit" / "vllm_routes.json"
@@ -118,3 +124,26 @@ def test_never_forwarded(raw: str) -> None:
 )
 def test_forwarded(raw: str) -> None:
     assert path_allowed(raw, Config.from_env(ENV).allowed_paths)
+
+
+def test_never_forwarded_is_the_admin_classes_of_the_table() -> None:
+    admin = {str(r["path"]) for r in routes() if r["class"] in NEVER_FORWARDED_CLASSES}
+    assert admin | {"/inference/v1/abort_requests"} == NEVER_FORWARDED
+    classes = {str(r["class"]) for r in routes()}
+    assert set(NEVER_FORWARDED_CLASSES) <= classes
+
+
+@pytest.mark.parametrize("patterns", ["/*", "/v1/*,/*", "/{a},/v1/{a},/{a}/{b}"])
+def test_admin_routes_are_refused_under_any_pattern(patterns: str) -> None:
+    allowed = Config.from_env({**ENV, "ALLOWED_PATHS": patterns}).allowed_paths
+    assert path_allowed("/v1/models", allowed) or path_allowed("/sleep/x", allowed)
+    for path in NEVER_FORWARDED:
+        for spelling in (path, path + "?x=1", path.replace("_", "%5F"), "/x/.." + path):
+            assert not path_allowed(spelling, allowed), spelling
+
+
+@pytest.mark.parametrize("path", sorted(NEVER_FORWARDED))
+def test_listing_an_admin_route_is_a_start_up_error(path: str) -> None:
+    with pytest.raises(ConfigError, match="ALLOWED_PATHS") as error:
+        Config.from_env({**ENV, "ALLOWED_PATHS": f"/v1/models,{path}"})
+    assert "never forwarded" in str(error.value)
