@@ -8,8 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import orjson
+import pytest
 
+from tests.sidecar.test_lax_request import CORPUS, short
 from tests.standin_fixture import Standin
+from vllm_standin.bodies import _int_field
+from vllm_standin.errors import ApiError
+
+pydantic = pytest.importorskip("pydantic")
 
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "stream": True}
@@ -84,3 +90,22 @@ def test_messages_errors_are_anthropic_shaped_except_validation(standin: Standin
         b'"message":"Internal server error"}}\n\n'
     )
     assert b"message_stop" not in failed.body and b"[DONE]" not in failed.body
+
+
+@pytest.mark.parametrize("value", CORPUS, ids=short)
+def test_integer_fields_are_read_as_pydantic_reads_them(value: object) -> None:
+    got = _int_field({"n": value}, "n")
+    try:
+        expected = pydantic.TypeAdapter(int | None).validate_python(value)
+    except pydantic.ValidationError as error:
+        assert isinstance(got, ApiError) and got.status == 400, got
+        assert f"'type': '{error.errors()[0]['type']}'" in got.body.decode()  # vLLM's rendering
+    else:
+        assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize(("n", "choices"), [(True, 1), ("3.0", 3), (" 2 ", 2), ("1_0", 10)])
+def test_n_in_every_spelling_vllm_accepts(standin: Standin, n: object, choices: int) -> None:
+    reply = standin.raw("POST", "/v1/chat/completions", {**CHAT, "stream": False, "n": n})
+    assert reply.status == 200
+    assert len(orjson.loads(reply.body)["choices"]) == choices

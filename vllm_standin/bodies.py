@@ -16,6 +16,8 @@ without a limit may generate up to the rest of the context.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -35,6 +37,13 @@ from vllm_standin.errors import (
     vllm_validation_error,
 )
 from vllm_standin.vocab import prompt_token_count
+
+# pydantic's lax int from a string (ASCII digits only; `_` between digits; `.0…` allowed).
+_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
+# pydantic refuses a float at or above 2**63 in magnitude (int_parsing_size), and a
+# string of more significant digits than this.
+_INT_FROM_FLOAT_LIMIT = 2.0**63
+_MAX_INT_DIGITS = 4300
 
 _MISSING = object()
 
@@ -119,25 +128,41 @@ def _vllm_value_error(body: dict[str, Any], message: str, param: str) -> ApiErro
 
 
 def _int_field(body: dict[str, Any], name: str) -> int | ApiError | None:
+    """An `int | None` field as pydantic v2 reads JSON in lax mode (vLLM's request models):
+    true/false are 1/0, an integral float is its int, a string is stripped and read as an
+    ASCII integer with optional sign, `_` separators and a `.0…` tail."""
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str | float):
-        return validation_error(
-            [FieldError("int_type", ("body", name), "Input should be a valid integer", value)]
-        )
+    if isinstance(value, int):
+        return int(value)  # bool included: True is 1
     if isinstance(value, float):
+        if not math.isfinite(value):  # NaN/Infinity: Python's json.loads (FastAPI's) reads them
+            msg = "Input should be a finite number"
+            return validation_error([FieldError("finite_number", ("body", name), msg, value)])
+        if abs(value) >= _INT_FROM_FLOAT_LIMIT:
+            msg = "Unable to parse input string as an integer, exceeded maximum size"
+            return validation_error([FieldError("int_parsing_size", ("body", name), msg, value)])
         if value.is_integer():
             return int(value)
         msg = "Input should be a valid integer, got a number with a fractional part"
         return validation_error([FieldError("int_from_float", ("body", name), msg, value)])
     if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            msg = "Input should be a valid integer, unable to parse string as an integer"
-            return validation_error([FieldError("int_parsing", ("body", name), msg, value)])
-    return value
+        text = value.strip()
+        if _INT_TEXT.fullmatch(text):
+            digits = text.lstrip("+-").split(".", 1)[0].replace("_", "").lstrip("0") or "0"
+            if len(digits) <= _MAX_INT_DIGITS:
+                return -int(digits) if text.startswith("-") else int(digits)
+            if "_" not in text:
+                msg = "Unable to parse input string as an integer, exceeded maximum size"
+                return validation_error(
+                    [FieldError("int_parsing_size", ("body", name), msg, value)]
+                )
+        msg = "Input should be a valid integer, unable to parse string as an integer"
+        return validation_error([FieldError("int_parsing", ("body", name), msg, value)])
+    return validation_error(
+        [FieldError("int_type", ("body", name), "Input should be a valid integer", value)]
+    )
 
 
 def _message_text(message: object) -> str:
