@@ -144,7 +144,8 @@ _FLOAT_INT_LIMIT = 2.0**63  # pydantic refuses an integral float this large (int
 
 
 def path_allowed(raw_path: str, patterns: tuple[str, ...]) -> bool:
-    path = unquote(raw_path.split("?", 1)[0])
+    # The query and a fragment go first: vLLM's server (uvicorn's URL parser) drops both.
+    path = unquote(raw_path.split("?", 1)[0].split("#", 1)[0])
     if "\x00" in path or not path.startswith("/"):
         return False
     segments = path.split("/")

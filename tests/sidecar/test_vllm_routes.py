@@ -138,7 +138,15 @@ def test_admin_routes_are_refused_under_any_pattern(patterns: str) -> None:
     allowed = Config.from_env({**ENV, "ALLOWED_PATHS": patterns}).allowed_paths
     assert path_allowed("/v1/models", allowed) or path_allowed("/sleep/x", allowed)
     for path in NEVER_FORWARDED:
-        for spelling in (path, path + "?x=1", path.replace("_", "%5F"), "/x/.." + path):
+        for spelling in (
+            path,
+            path + "?x=1",
+            path + "#x",
+            path + "#/../v1/models",
+            path + "?#",
+            path.replace("_", "%5F"),
+            "/x/.." + path,
+        ):
             assert not path_allowed(spelling, allowed), spelling
 
 
