@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from bench.cli import build_plan, parse_args
 from bench.profiling import summarise as summarise_profile
 from bench.report import render, summarise, targets
 from bench.stats import percentile
@@ -123,3 +124,13 @@ def test_a_failed_profile_is_reported_not_fatal() -> None:
     profiles = [{"system": "sidecar", "summary": None, "cell": {"problems": ["no py-spy"]}}]
     text = render({"summary": rows, "targets": [], "profiles": profiles})
     assert "sidecar: profile failed: ['no py-spy']" in text
+
+
+def test_the_ttft_rows_preset_sets_issue_11s_cells_and_explicit_options_win() -> None:
+    plan = build_plan(parse_args(["--ttft-rows", "--output", "/tmp/x.json"]))
+    assert [s.name for s in plan.systems if s.name != "nginx"] == ["direct", "sidecar"]
+    assert [s.name for s in plan.scenarios] == ["stream-1", "stream-128"]
+    assert (plan.pace.ttft_ms, plan.pace.itl_ms, plan.pace.tokens) == (0.0, 25.0, 32)
+    assert (plan.duration_s, plan.repeats) == (20.0, 5)
+    plan = build_plan(parse_args(["--ttft-rows", "--repeats", "2", "--ttft-ms", "75"]))
+    assert (plan.repeats, plan.pace.ttft_ms, plan.duration_s) == (2, 75.0, 20.0)
