@@ -14,12 +14,15 @@ import socketserver
 import threading
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
 from sidecar_audit.client_stream import ClientStream
+from sidecar_audit.spool.recovery import HEADER_SIZE, Frame, decode_frames
 from sidecar_audit.sse import SSEDecoder
 from sidecar_audit.upstream import Connection
 from tests.sidecar_fixture import AUDIT_HEADERS, sidecar_app
@@ -445,7 +448,10 @@ async def test_terminal_event_is_sent_only_after_the_record_is_spooled(
     standin_session, start_sidecar, path, body, terminal
 ) -> None:
     """SIGKILL the sidecar the moment the client holds the terminal event: the record was
-    on disk already, so the next process on the same spool ships it."""
+    on disk already, so the next process on the same spool ships it. (vLLM ends its body
+    right after the terminal event, so the record is on disk by then even without the
+    hold: this test passes with the hold disabled. The deterministic form, which fails
+    then, is `test_the_terminal_event_waits_for_the_body_end_and_the_record_on_disk`.)"""
     # a flush interval far longer than the test: nothing is shipped before the kill
     sidecar = start_sidecar(standin_session.url, AUDIT_FLUSH_INTERVAL_S="600")
     request_id = rid()
@@ -577,6 +583,111 @@ def _event(delta: dict, finish: str | None = None) -> bytes:
 
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class _ReplayUpstream(socketserver.ThreadingTCPServer):
+    """Replays an answer vLLM (the stand-in) gave, chunk for chunk, then waits `gap`
+    seconds before it ends the chunked body: it sets `ended` and only then writes the
+    terminator. Answers `GET /health` with 200. Runs in its own threads."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    gap = 0.5
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        super().__init__(("127.0.0.1", 0), _ReplayHandler)
+        self.chunks = chunks
+        self.ended = threading.Event()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _ReplayHandler(_OneReadHandler):
+    server: _ReplayUpstream  # type: ignore[assignment]
+
+    def handle(self) -> None:
+        while head := self._read_head():
+            if head.split(b" ", 2)[1] == b"/health":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                continue
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+                + b"".join(_chunk(chunk) for chunk in self.server.chunks)
+            )
+            self.wfile.flush()
+            time.sleep(self.server.gap)
+            self.server.ended.set()  # the end step: after this, the body's end goes out
+            self.wfile.write(b"0\r\n\r\n")
+
+
+def spooled_records(spool_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every record in the sidecar's spool directory now (its open and sealed segments
+    as they are on disk, read while the sidecar runs), by request id."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in spool_dir.iterdir():
+        if path.suffix in (".open", ".seg"):
+            for frame in decode_frames(path.read_bytes()[HEADER_SIZE:], HEADER_SIZE):
+                if isinstance(frame, Frame):
+                    record = orjson.loads(frame.payload)
+                    records[record["requestId"]] = record
+    return records
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "terminal"),
+    [
+        (
+            "/v1/chat/completions",
+            {**CHAT, "stream": True, "stream_options": {"include_usage": True}},
+            b"data: [DONE]\n\n",
+        ),
+        ("/v1/messages", {**MESSAGES, "stream": True}, b"event: message_stop\n"),
+        ("/v1/responses", {**RESPONSES, "stream": True}, b"event: response.completed\n"),
+    ],
+    ids=["chat-done", "messages-message_stop", "responses-completed"],
+)
+async def test_the_terminal_event_waits_for_the_body_end_and_the_record_on_disk(
+    standin_session, start_sidecar, path, body, terminal
+) -> None:
+    """Deterministic: vLLM's terminal event, then 0.5 s before vLLM ends the chunked body.
+    The moment the client holds the terminal event's bytes, the upstream has ended its
+    body and the exchange's record is in the sidecar's spool directory. (With the
+    terminal event not held, it arrives 0.5 s before the end and before the record.)"""
+    reply = standin_session.raw("POST", path, body, {"x-standin-tokens": "4"})
+    assert reply.status == 200 and reply.chunks
+    assert terminal in reply.chunks[-1]  # the terminal event is vLLM's last chunk
+    upstream = _ReplayUpstream(reply.chunks)
+    try:
+        # nothing shipped (and so removed from the spool) during the test
+        sidecar = start_sidecar(upstream.url, AUDIT_FLUSH_INTERVAL_S="600")
+        request_id = rid()
+        received = b""
+        at_terminal: tuple[bool, dict[str, dict[str, Any]]] | None = None
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{sidecar.url}{path}", data=orjson.dumps(body), headers=audit_headers(request_id)
+            ) as response,
+        ):
+            assert response.status == 200
+            async for chunk in response.content.iter_any():
+                received += chunk
+                at = received.find(terminal)
+                if at_terminal is None and at >= 0 and b"\n\n" in received[at:]:
+                    # the terminal event's bytes are here: what is true at this moment?
+                    at_terminal = (upstream.ended.is_set(), spooled_records(sidecar.spool_dir))
+        assert received == reply.body  # vLLM's answer, whole
+        assert at_terminal is not None
+        ended, spooled = at_terminal
+        assert request_id in spooled, "the client held the terminal event before the record"
+        assert ended, "the terminal event left before vLLM ended its body"
+        record = spooled[request_id]
+        assert record["outcome"] == "completed"
+        assert record["response"]["choices"][0]["content"]
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
 
 
 async def test_bytes_that_came_with_the_head_are_relayed_before_the_next_upstream_read(
