@@ -214,8 +214,10 @@ class UsageChunkFilter:
       prompts; only the usage-only chunk is removed;
     - a terminal chunk gets the fingerprint at vLLM's field position as it passes,
       when the memo knows it. Before the first usage chunk ever seen (a new
-      sidecar), a terminal chunk alone is held until the usage chunk, the other
-      choices streaming on meanwhile; the memo then learns the fingerprint.
+      sidecar), a terminal chunk is held until the usage chunk, the other
+      choices' data events streaming on meanwhile; comments (`: keep-alive`) that
+      come after a held chunk wait behind it, so they never precede an event vLLM
+      sent before them. The memo then learns the fingerprint.
     - with `--enable-force-include-usage` vLLM sends usage on every chunk and the
       usage chunk whatever the request said; the first choice chunk carrying usage
       shows it, and the filter then passes everything through untouched.
