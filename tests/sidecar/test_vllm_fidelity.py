@@ -127,6 +127,22 @@ async def test_admin_routes_the_real_stack_adds_stay_refused_under_a_wide_patter
     assert [r["path"] for r in standin_session.requests()] == ["/v1/models"]
 
 
+async def test_only_a_post_of_the_response_named_render_is_refused(
+    standin_session, sidecar
+) -> None:
+    """vLLM routes `POST /v1/responses/render` to scale-out's render route and
+    `GET /v1/responses/render` to the client route `GET /v1/responses/{response_id}`."""
+    standin_session.reset()
+    async with aiohttp.ClientSession() as session:
+        url = f"{sidecar.url}/v1/responses/render"
+        async with session.post(url, json={}, headers=AUDIT_HEADERS) as response:
+            assert response.status == 404
+        async with session.get(url, headers=AUDIT_HEADERS) as response:
+            assert response.headers["server"] == "uvicorn"  # the stand-in answered
+    hits = [(r["method"], r["path"]) for r in standin_session.requests()]
+    assert hits == [("GET", "/v1/responses/render")]
+
+
 async def raw_status(url: str, request_line: bytes) -> int:
     """The status of one request sent byte for byte (no client library normalises it)."""
     host, port = url.removeprefix("http://").split(":")
