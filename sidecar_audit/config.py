@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .routing import CLIENT_PATHS, NEVER_FORWARDED, POOLING_PATHS
+from .routing import CLIENT_PATHS, POOLING_PATHS, reaches_admin
 
 
 class ConfigError(ValueError):
@@ -110,7 +110,7 @@ def _path_patterns(raw: str) -> tuple[str, ...]:
         for segment in pattern.split("/"):
             if ("{" in segment or "}" in segment) and not re.fullmatch(r"\{\w+\}", segment):
                 raise ValueError(f"{pattern!r}: a parameter is a whole segment like {{id}}")
-        if pattern in NEVER_FORWARDED:
+        if not pattern.endswith("*") and reaches_admin(pattern):
             raise ValueError(f"{pattern!r} is one of vLLM's admin routes, never forwarded")
     return patterns
 
@@ -223,8 +223,9 @@ SETTINGS: tuple[Setting, ...] = (
         "`{name}` segment any one segment. Anything else gets 404. The default is vLLM "
         "0.33's client-facing routes (`sidecar_audit/vllm_routes.json`). Admin, LoRA, "
         "profiling, sleep/wake, elastic-EP, RL, dev and fault-tolerance routes are never "
-        "forwarded, even under a pattern that covers them (`routing.NEVER_FORWARDED`); "
-        "listing one is a start-up error.",
+        "forwarded, even under a pattern that covers them, nor in the other spellings "
+        "vLLM routes to them (behind any `--root-path` prefix, with a trailing `%0A`; "
+        "`routing.NEVER_FORWARDED`); listing one is a start-up error.",
     ),
     Setting(
         "FORWARD_POOLING_ROUTES",

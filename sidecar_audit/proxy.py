@@ -398,7 +398,7 @@ class Proxy:
             self._upstream.release(conn)
 
     def _check(self, request: web.Request, ex: Exchange) -> None:
-        if not path_allowed(request.raw_path, self._config.allowed_paths):
+        if not path_allowed(request.raw_path, self._config.allowed_paths, request.method):
             raise errors.not_found(request.path)
         # A CORS preflight cannot carry custom headers; it is forwarded (and audited) as is.
         required = self._config.require_audit_headers and request.method != "OPTIONS"

@@ -6,9 +6,10 @@ Routes: the default allowlist is vLLM 0.33's client-facing route table
 configured. A pattern is an exact path, a prefix ending in `*`, or a path whose
 `{name}` segments match any one non-empty segment. Paths are matched after
 percent-decoding, as vLLM's router sees them; a path with `.`/`..` segments or a
-NUL is never forwarded, so no spelling of a forbidden route (`/metrics`,
+control character is never forwarded, so no spelling of a forbidden route (`/metrics`,
 `/v1/load_lora_adapter`, dev routes) slips through. The engine's admin routes
-(`NEVER_FORWARDED`) are refused even when an operator's pattern covers them.
+(`NEVER_FORWARDED`) are refused even when an operator's pattern covers them, in every
+spelling vLLM's server stack routes to them (`reaches_admin`).
 
 Request fields are read the way vLLM's pydantic request models read them in lax
 mode (vLLM 0.33: `stream: bool | None`, `n: int | None` (chat) / `int` (completions),
@@ -115,16 +116,29 @@ NEVER_FORWARDED: Final = frozenset(
         # fault-tolerance
         "/fault_tolerance/apply",
         "/fault_tolerance/status",
+        # lora, as the SageMaker bootstrap vLLM runs on its app mounts its LoRA handlers
+        # (model-hosting-container-standards: POST loads, DELETE unloads)
+        "/adapters",
+        "/adapters/{adapter_name}",
         # scale-out's abort (class scale-out; its other routes only refused by default)
         "/inference/v1/abort_requests",
     }
 )
 
 
-# Non-client routes a `{name}` pattern above would match: POST /v1/responses/render
-# is scale-out's render route in vLLM (Starlette takes the first full match, and
-# `/v1/responses/{response_id}` is GET only). Matched only by an exact pattern.
-SHADOWED_PATHS: Final = frozenset({"/v1/responses/render"})
+# How many segments the longest admin route has, and the admin routes with a `{name}`.
+_ADMIN_DEPTH: Final = max(path.count("/") for path in NEVER_FORWARDED)
+_ADMIN_TEMPLATES: Final = tuple(path.split("/") for path in NEVER_FORWARDED if "{" in path)
+# Starlette matches a route's `^...$` regex with `re.match`, where `$` also matches before
+# a final newline (`/sleep%0A` reaches `/sleep`); no route of vLLM's takes any control byte.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Non-client routes a `{name}` pattern above would match, with the method that reaches
+# them: POST /v1/responses/render is scale-out's render route in vLLM (Starlette takes
+# the first route matching path and method, and `/v1/responses/{response_id}` is GET
+# only, so a GET of it is the client route). Matched for that method only by an exact
+# pattern.
+SHADOWED_PATHS: Final = {"/v1/responses/render": "POST"}
 
 
 class _Invalid:
@@ -143,22 +157,42 @@ _MAX_INT_DIGITS = 4300  # significant digits pydantic reads from a string (Pytho
 _FLOAT_INT_LIMIT = 2.0**63  # pydantic refuses an integral float this large (int_parsing_size)
 
 
-def path_allowed(raw_path: str, patterns: tuple[str, ...]) -> bool:
+def path_allowed(raw_path: str, patterns: tuple[str, ...], method: str | None = None) -> bool:
+    """Whether a request target may be forwarded; `method` None: as for any method."""
     # The query and a fragment go first: vLLM's server (uvicorn's URL parser) drops both.
     path = unquote(raw_path.split("?", 1)[0].split("#", 1)[0])
-    if "\x00" in path or not path.startswith("/"):
+    if _CONTROL.search(path) or not path.startswith("/"):
         return False
     segments = path.split("/")
-    if any(segment in (".", "..") for segment in segments) or path in NEVER_FORWARDED:
+    if any(segment in (".", "..") for segment in segments) or _admin_tail(segments):
         return False
+    shadowing = SHADOWED_PATHS.get(path)
+    shadowed = shadowing is not None and method in (None, shadowing)
     for pattern in patterns:
         if pattern.endswith("*"):
             if path.startswith(pattern[:-1]):
                 return True
         elif "{" in pattern:
-            if path not in SHADOWED_PATHS and _segments_match(pattern.split("/"), segments):
+            if not shadowed and _segments_match(pattern.split("/"), segments):
                 return True
         elif path == pattern:
+            return True
+    return False
+
+
+def reaches_admin(path: str) -> bool:
+    """True when vLLM's router could take this (decoded) path to one of its admin routes."""
+    return _admin_tail(path.split("/"))
+
+
+def _admin_tail(segments: list[str]) -> bool:
+    # The path, and every tail of it: FastAPI strips vLLM's `--root-path R` before Starlette
+    # routes, so `R/sleep` reaches `/sleep` (and `/sleep` still does), whatever R is.
+    for depth in range(1, min(_ADMIN_DEPTH, len(segments) - 1) + 1):
+        tail = ["", *segments[-depth:]]
+        if "/".join(tail) in NEVER_FORWARDED:
+            return True
+        if any(_segments_match(template, tail) for template in _ADMIN_TEMPLATES):
             return True
     return False
 

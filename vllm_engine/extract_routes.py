@@ -12,7 +12,11 @@ registration forms are collected, wherever they appear (module level, inside an
   `add_websocket_route("/path", ...)`;
 - `Mount("/path", ...)` and `app.mount("/path", ...)` (a prefix: everything under it);
 - FastAPI's own documentation routes, present unless the `FastAPI(...)` call in
-  `launchers/app.py` turns them off.
+  `launchers/app.py` turns them off;
+- the routes the SageMaker bootstrap (`sagemaker_standards.bootstrap(app)` in
+  `launchers/app.py`, from model-hosting-container-standards) mounts for each handler
+  registered with one of its `register_*_handler` decorators (`SAGEMAKER_HANDLERS`):
+  vLLM's LoRA handlers become `POST /adapters` and `DELETE /adapters/{adapter_name}`.
 
 Each route gets its registration site (module, line) and, from the tables below,
 the condition under which vLLM registers it (read from the routers' code: the
@@ -49,6 +53,16 @@ _METHOD_ATTRS = {
     "head": "HEAD",
     "options": "OPTIONS",
     "websocket": "WEBSOCKET",
+}
+
+# model-hosting-container-standards (vLLM 0.33 requires >=0.1.14,<1.0; read from 0.1.16):
+# decorator -> the route its SageMaker router mounts for the handler it registers
+# (sagemaker/sagemaker_router.py `get_sagemaker_route_config`, sagemaker/lora/routes.py).
+SAGEMAKER_HANDLERS = {
+    "register_ping_handler": ("/ping", ["GET"]),
+    "register_invocation_handler": ("/invocations", ["POST"]),
+    "register_load_adapter_handler": ("/adapters", ["POST"]),
+    "register_unload_adapter_handler": ("/adapters/{adapter_name}", ["DELETE"]),
 }
 
 # Registrations with a computed path, each explained; anything else computed is an error.
@@ -192,6 +206,8 @@ CLASSES = {
     # engine administration
     "/v1/load_lora_adapter": "lora",
     "/v1/unload_lora_adapter": "lora",
+    "/adapters": "lora",  # the same handlers, mounted by the SageMaker bootstrap
+    "/adapters/{adapter_name}": "lora",
     "/start_profile": "profiling",
     "/stop_profile": "profiling",
     "/sleep": "sleep-wake",
@@ -267,6 +283,8 @@ def routes_in_source(module: str, source: str) -> list[dict[str, object]]:
     """Every route registration in one module, as (path, methods, module, line)."""
     found: list[dict[str, object]] = []
     for node in ast.walk(ast.parse(source, module)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found += _sagemaker_routes(module, node)
         if not isinstance(node, ast.Call):
             continue
         func = node.func
@@ -298,6 +316,27 @@ def routes_in_source(module: str, source: str) -> list[dict[str, object]]:
         found.append(
             {"path": path, "methods": methods, "module": module, "line": node.lineno, "kind": kind}
         )
+    return found
+
+
+def _sagemaker_routes(
+    module: str, function: ast.FunctionDef | ast.AsyncFunctionDef
+) -> list[dict[str, object]]:
+    """The routes the SageMaker bootstrap mounts for a handler its decorators register."""
+    found: list[dict[str, object]] = []
+    for decorator in function.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if isinstance(target, ast.Attribute) and target.attr in SAGEMAKER_HANDLERS:
+            path, methods = SAGEMAKER_HANDLERS[target.attr]
+            found.append(
+                {
+                    "path": path,
+                    "methods": methods,
+                    "module": module,
+                    "line": decorator.lineno,
+                    "kind": "sagemaker-bootstrap",
+                }
+            )
     return found
 
 

@@ -101,6 +101,51 @@ async def test_admin_routes_stay_refused_under_a_pattern_that_covers_them(
     assert [r["path"] for r in standin_session.requests()] == ["/v1/models"]
 
 
+async def test_admin_routes_the_real_stack_adds_stay_refused_under_a_wide_pattern(
+    standin_session, start_sidecar
+) -> None:
+    """Admin routes vLLM's server stack reaches by ways its own route decorators do not show.
+
+    Checked against fastapi 0.136 / starlette 1.10 / uvicorn 0.54 (httptools and h11) /
+    model-hosting-container-standards 0.1.16, the versions vLLM 0.33.0 requires:
+    - with `VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`, the SageMaker bootstrap vLLM runs on its
+      app (`launchers/app.py`) mounts its LoRA handlers as `POST /adapters` (load) and
+      `DELETE /adapters/{adapter_name}` (unload);
+    - with `--root-path R` (VLLM_EXTRA_ARGS), Starlette routes `R/sleep` as `/sleep`.
+    The stand-in journals every request it receives, routed or not.
+    """
+    wide = start_sidecar(standin_session.url, ALLOWED_PATHS="/*")
+    standin_session.reset()
+    async with aiohttp.ClientSession() as session:
+        load = {"name": "x", "src": "/tmp/x"}
+        async with session.post(f"{wide.url}/adapters", json=load, headers=AUDIT_HEADERS) as r:
+            assert r.status == 404
+        async with session.delete(f"{wide.url}/adapters/x", headers=AUDIT_HEADERS) as r:
+            assert r.status == 404
+        for path in ("/llm/sleep", "/api/v1/load_lora_adapter", "/v1/pause"):
+            async with session.post(f"{wide.url}{path}", json={}, headers=AUDIT_HEADERS) as r:
+                assert r.status == 404, path
+        async with session.get(f"{wide.url}/v1/models", headers=AUDIT_HEADERS) as response:
+            assert response.status == 200
+    assert [r["path"] for r in standin_session.requests()] == ["/v1/models"]
+
+
+async def test_only_a_post_of_the_response_named_render_is_refused(
+    standin_session, sidecar
+) -> None:
+    """vLLM routes `POST /v1/responses/render` to scale-out's render route and
+    `GET /v1/responses/render` to the client route `GET /v1/responses/{response_id}`."""
+    standin_session.reset()
+    async with aiohttp.ClientSession() as session:
+        url = f"{sidecar.url}/v1/responses/render"
+        async with session.post(url, json={}, headers=AUDIT_HEADERS) as response:
+            assert response.status == 404
+        async with session.get(url, headers=AUDIT_HEADERS) as response:
+            assert response.headers["server"] == "uvicorn"  # the stand-in answered
+    hits = [(r["method"], r["path"]) for r in standin_session.requests()]
+    assert hits == [("GET", "/v1/responses/render")]
+
+
 async def raw_status(url: str, request_line: bytes) -> int:
     """The status of one request sent byte for byte (no client library normalises it)."""
     host, port = url.removeprefix("http://").split(":")

@@ -78,6 +78,9 @@ def test_default_allowlist_forwards_exactly_the_client_routes() -> None:
     for route in routes():
         path = concrete(str(route["path"]))
         assert path_allowed(path, allowed) == (route["class"] == "client"), route
+        for method in route["methods"]:  # type: ignore[attr-defined]
+            wire = {"*": None, "WEBSOCKET": "GET"}.get(method, method)
+            assert path_allowed(path, allowed, wire) == (route["class"] == "client"), route
 
 
 def test_pooling_routes_only_when_configured() -> None:
@@ -148,6 +151,45 @@ def test_admin_routes_are_refused_under_any_pattern(patterns: str) -> None:
             "/x/.." + path,
         ):
             assert not path_allowed(spelling, allowed), spelling
+
+
+@pytest.mark.parametrize("patterns", ["/*", "/v1/*,/*"])
+def test_admin_routes_are_refused_in_the_spellings_starlette_routes_to_them(
+    patterns: str,
+) -> None:
+    """Starlette (1.10) matches a route's regex `^/sleep$` with `re.match`, and `$` also
+    matches before a trailing newline: uvicorn decodes `/sleep%0A` to `/sleep\\n`, which
+    reaches `/sleep` (httptools and h11 alike). FastAPI strips vLLM's `--root-path R`
+    before routing, so `R/sleep` reaches `/sleep` too, whatever R is."""
+    allowed = Config.from_env({**ENV, "ALLOWED_PATHS": patterns}).allowed_paths
+    for path in NEVER_FORWARDED:
+        for spelling in (
+            path + "%0A",
+            path + "%0a?x=1",
+            "/llm" + path,
+            "/a/b" + path + "%0A",
+            "/v1" + path,
+        ):
+            assert not path_allowed(spelling, allowed), spelling
+    assert not path_allowed("/adapters", allowed)  # SageMaker bootstrap: POST loads LoRA
+    assert not path_allowed("/adapters/x", allowed)  # DELETE unloads it
+    assert not path_allowed("/llm/adapters/x", allowed)
+
+
+def test_a_control_character_in_a_path_is_never_forwarded() -> None:
+    allowed = Config.from_env({**ENV, "ALLOWED_PATHS": "/*"}).allowed_paths
+    for char in [*range(0x20), 0x7F]:
+        assert not path_allowed(f"/v1/models%{char:02X}", allowed), char
+
+
+def test_a_get_of_the_response_named_render_is_forwarded() -> None:
+    """`POST /v1/responses/render` is scale-out's render route, but Starlette takes the first
+    route that matches path and method: `GET /v1/responses/render` is the client route
+    `GET /v1/responses/{response_id}` (checked on the real stack)."""
+    allowed = Config.from_env(ENV).allowed_paths
+    assert path_allowed("/v1/responses/render", allowed, method="GET")
+    assert not path_allowed("/v1/responses/render", allowed, method="POST")
+    assert not path_allowed("/v1/responses/render", allowed)  # method unknown: refused
 
 
 @pytest.mark.parametrize("path", sorted(NEVER_FORWARDED))
