@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -45,7 +45,9 @@ EXIT_CODE = web.AppKey("exit_code", list[int])
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(client_max_size=config.max_request_body_bytes)
+    app = web.Application(
+        client_max_size=config.max_request_body_bytes, middlewares=[_no_unaudited_404]
+    )
     app[CONFIG] = config
     app[EXIT_CODE] = [0]
     app[METRICS] = Metrics(lambda: app[TRAIL].snapshot(), config.metrics_models)
@@ -57,7 +59,9 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_metrics_listener)
     app.cleanup_ctx.append(_emf_reporter)
     app.router.add_get("/health", _health)
-    app.router.add_route("*", "/{tail:.*}", _forward)
+    # Every path, newlines included (`.` stops at one): whatever is refused is refused
+    # by the proxy, in the OpenAI error shape and with its audit record.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _forward)
     return app
 
 
@@ -171,6 +175,17 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
         },
     )
     yield
+
+
+@web.middleware
+async def _no_unaudited_404(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A target no route matches (`CONNECT host:port`, `OPTIONS *`: not a path) goes to the
+    proxy too, which refuses it like any other path, in the OpenAI shape and audited."""
+    if request.match_info.http_exception is not None:
+        return await _forward(request)
+    return await handler(request)
 
 
 async def _forward(request: web.Request) -> web.StreamResponse:

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from yarl import URL
 
 from sidecar_audit.client_stream import ClientStream
 from sidecar_audit.spool.recovery import HEADER_SIZE, Frame, decode_frames
@@ -815,3 +816,54 @@ async def test_the_first_events_leave_in_the_call_that_read_the_head(
     finally:
         upstream.shutdown()
         upstream.server_close()
+
+
+@pytest.mark.parametrize("path", ["/sleep%0A", "/v1/models%0A", "/v1/chat/completions%0D%0A"])
+async def test_a_path_with_a_newline_is_refused_in_the_openai_shape_and_audited(
+    standin_session, sidecar, path: str
+) -> None:
+    standin_session.reset()
+    request_id = rid()
+    headers = {**AUDIT_HEADERS, "x-request-id": request_id}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(URL(sidecar.url + path, encoded=True), json={}, headers=headers) as r,
+    ):
+        assert r.status == 404
+        assert (await r.json())["error"]["code"] == "not_found"  # ours, not aiohttp's text
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["outcome"] == "rejected" and record["statusCode"] == 404
+    assert standin_session.requests() == []
+
+
+@pytest.mark.parametrize(
+    "request_line", [b"CONNECT 127.0.0.1:443", b"OPTIONS *", b"POST http://x/sleep"]
+)
+async def test_a_target_that_is_not_a_path_is_refused_in_the_openai_shape_and_audited(
+    standin_session, sidecar, request_line: bytes
+) -> None:
+    standin_session.reset()
+    request_id = rid()
+    status, body = await raw_exchange(sidecar.url, request_line, {"x-request-id": request_id})
+    assert status == 404
+    assert orjson.loads(body)["error"]["code"] == "not_found"
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["outcome"] == "rejected" and record["statusCode"] == 404
+    assert standin_session.requests() == []
+
+
+async def raw_exchange(url: str, request_line: bytes, extra: dict[str, str]) -> tuple[int, bytes]:
+    """Status and body of one request sent byte for byte, on a connection closed after it."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    fields = {**AUDIT_HEADERS, **extra}
+    headers = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in fields.items())
+    writer.write(
+        request_line + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n" + headers + b"\r\n{}"
+    )
+    response = await reader.read()
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-length: " in head.lower()  # the proxy's error answers have one
+    return int(head.split()[1]), body
