@@ -98,7 +98,7 @@ async def test_admin_routes_stay_refused_under_a_pattern_that_covers_them(
             assert response.status == 200  # the pattern does forward what is not admin
     # uvicorn drops a fragment from the request target; so does the sidecar's check
     for target in (b"/sleep#x", b"/v1/load_lora_adapter?a=1#b", b"/pause#"):
-        assert await raw_status(wide.url, b"POST " + target) == 404, target
+        assert (await raw_exchange(wide.url, b"POST " + target, {}))[0] == 404, target
     assert [r["path"] for r in standin_session.requests()] == ["/v1/models"]
 
 
@@ -147,18 +147,21 @@ async def test_only_a_post_of_the_response_named_render_is_refused(
     assert hits == [("GET", "/v1/responses/render")]
 
 
-async def raw_status(url: str, request_line: bytes) -> int:
-    """The status of one request sent byte for byte (no client library normalises it)."""
+async def raw_exchange(url: str, request_line: bytes, extra: dict[str, str]) -> tuple[int, bytes]:
+    """Status and body of one request sent byte for byte, on a connection closed after it."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    headers = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in AUDIT_HEADERS.items())
+    fields = {**AUDIT_HEADERS, **extra}
+    headers = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in fields.items())
     writer.write(
         request_line + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
         b"Connection: close\r\n" + headers + b"\r\n{}"
     )
-    status = int((await reader.readline()).split()[1])
+    response = await reader.read()
     writer.close()
-    return status
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-length: " in head.lower()  # the proxy's error answers have one
+    return int(head.split()[1]), body
 
 
 @pytest.mark.parametrize("spelling", ["true", 1, "yes", "On", 1.0])
@@ -850,20 +853,3 @@ async def test_a_target_that_is_not_a_path_is_refused_in_the_openai_shape_and_au
     record = sidecar.wait_for_records([request_id]).by_id()[request_id]
     assert record["outcome"] == "rejected" and record["statusCode"] == 404
     assert standin_session.requests() == []
-
-
-async def raw_exchange(url: str, request_line: bytes, extra: dict[str, str]) -> tuple[int, bytes]:
-    """Status and body of one request sent byte for byte, on a connection closed after it."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    fields = {**AUDIT_HEADERS, **extra}
-    headers = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in fields.items())
-    writer.write(
-        request_line + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-        b"Connection: close\r\n" + headers + b"\r\n{}"
-    )
-    response = await reader.read()
-    writer.close()
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert b"\r\ncontent-length: " in head.lower()  # the proxy's error answers have one
-    return int(head.split()[1]), body
