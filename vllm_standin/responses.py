@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 
+import orjson
 from aiohttp import web
 
 from vllm_standin.bodies import parse_responses
@@ -18,11 +19,23 @@ from vllm_standin.responses_wire import ResponsesHead, ResponsesStream, response
 from vllm_standin.runtime import created_now
 
 
+def echoed_tool_choice(body: object) -> object:
+    """The `tool_choice` the response echoes: `ResponsesRequest.check_tool_usage`
+    (`openai/responses/protocol.py:830-867`) turns `"auto"` (the default) and `"none"`
+    into `"none"` when the request has no tools; otherwise the request's value."""
+    fields = body if isinstance(body, dict) else {}
+    tools, choice = fields.get("tools"), fields.get("tool_choice", "auto")
+    if not tools and choice in ("auto", "none"):
+        return "none"
+    return choice
+
+
 async def responses(request: web.Request) -> web.StreamResponse:
     accepted = await accept(request, parse_responses)
     if not isinstance(accepted, Accepted):
         return accepted
     parsed, controls = accepted.request, accepted.controls
+    body = orjson.loads(await request.read())  # valid: accept() parsed it already
     plan = plan_choice(parsed.seed_text, 0, Shape(accepted.tokens_of(0)), parsed.max_tokens[0])
     head = ResponsesHead(
         # ResponsesRequest.request_id: the body's, else resp_ + random_uuid() (16 hex)
@@ -31,6 +44,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
         model=parsed.model,
         prompt_tokens=parsed.total_prompt_tokens,
         max_output_tokens=parsed.max_tokens[0],
+        tool_choice=echoed_tool_choice(body),
     )
     if parsed.stream:
         encoder = ResponsesStream(head)

@@ -34,6 +34,7 @@ class ResponsesHead:
     model: str
     prompt_tokens: int
     max_output_tokens: int
+    tool_choice: object  # as echoed: `responses.echoed_tool_choice`
 
 
 def _status(plan: ChoicePlan) -> str:
@@ -41,21 +42,23 @@ def _status(plan: ChoicePlan) -> str:
 
 
 def _usage(head: ResponsesHead, completion: int) -> dict[str, object]:
-    """`ResponseUsage` (`openai/responses/protocol.py:98-117`, `serving.py:880-904`)."""
+    """`ResponseUsage` as `responses_full_generator` builds it (`serving.py:896-920`,
+    models `protocol.py:98-117`) from a `SimpleContext`, whose `all_turn_metrics` stays
+    empty (`context.py:202-209`): the four `*_per_turn` lists are `[]`."""
     return {
         "input_tokens": head.prompt_tokens,
         "input_tokens_details": {
             "cached_tokens": 0,
             "cache_write_tokens": 0,
-            "input_tokens_per_turn": [head.prompt_tokens],
-            "cached_tokens_per_turn": [0],
+            "input_tokens_per_turn": [],
+            "cached_tokens_per_turn": [],
         },
         "output_tokens": completion,
         "output_tokens_details": {
             "reasoning_tokens": 0,
             "tool_output_tokens": 0,
-            "output_tokens_per_turn": [completion],
-            "tool_output_tokens_per_turn": [0],
+            "output_tokens_per_turn": [],
+            "tool_output_tokens_per_turn": [],
         },
         "total_tokens": head.prompt_tokens + completion,
     }
@@ -65,7 +68,8 @@ def response_object(
     head: ResponsesHead, output: list[dict[str, object]], status: str, usage: object
 ) -> dict[str, object]:
     """`ResponsesResponse.from_request(...)` dumped (`protocol.py:870-1031`), field order kept;
-    sampling values are vLLM's defaults (temperature and top_p 1.0, penalties 0.0)."""
+    sampling values are vLLM's defaults (temperature and top_p 1.0, penalties 0.0), and
+    `tool_choice` is the request's after its validators (`head.tool_choice`)."""
     incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
     return {
         "id": head.response_id,
@@ -78,7 +82,7 @@ def response_object(
         "output": output,
         "parallel_tool_calls": True,
         "temperature": 1.0,
-        "tool_choice": "auto",
+        "tool_choice": head.tool_choice,
         "tools": [],
         "top_p": 1.0,
         "background": False,
