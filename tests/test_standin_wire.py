@@ -9,6 +9,7 @@ checks. A drift in any of them breaks the byte comparisons the sidecar tests rel
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,284 @@ def test_midstream_error_event_encoding_follows_the_endpoint(
     reply = standin.raw("POST", path, body, headers)
     assert reply.status == 200
     assert reply.chunks[-2:] == [error_event, b"data: [DONE]\n\n"]
+
+
+# --- Anthropic Messages and Responses streams ---------------------------------------------
+#
+# Framing: `event: <type>\ndata: <json>\n\n`, one HTTP chunk per event, no `[DONE]`
+# (`anthropic/serving.py:154-155`, `openai/responses/api_router.py:34-45`). Values vLLM
+# draws at random cannot be pinned against vLLM; `unrandom` checks each one's shape and
+# names it by order of appearance, so every other byte is still compared exactly and
+# "the same id here as there" is still checked:
+#
+# - Messages: the message id is the chat id `chatcmpl-<X-Request-Id>` (pinned by the
+#   header, as in vLLM); a thinking block's signature is `uuid.uuid4().hex`
+#   (`anthropic/serving.py:946`); a tool_use id is the tool parser's
+#   `chatcmpl-tool-<random_uuid()>` (the stand-in derives it from the prompt instead, a
+#   fact this test does not rely on).
+# - Responses: the response id is the body's `request_id` (pinned by the body, as in
+#   vLLM; `X-Request-Id` is not used), `created_at` by `x-standin-created`; the message
+#   item id is `msg_<random_uuid()>` (`streaming_events.py:839`); `sequence_number`
+#   counts from 0 (`openai/responses/serving.py:1359-1369`).
+
+MESSAGES = "/v1/messages"
+RESPONSES = "/v1/responses"
+RANDOM = {
+    "sig": rb'(?<="signature":")[0-9a-f]{32}(?=")',  # uuid.uuid4().hex
+    "tool": rb"chatcmpl-tool-[0-9a-f]{16}",  # make_tool_call_id(): random_uuid()
+    "msg": rb"msg_[0-9a-f]{16}",  # f"msg_{random_uuid()}"
+}
+
+
+def unrandom(chunks: list[bytes]) -> list[bytes]:
+    """Each random value, once its shape is checked, becomes `<kind-n>` (n-th distinct)."""
+    names: dict[bytes, bytes] = {}
+
+    def name(kind: str, match: re.Match[bytes]) -> bytes:
+        seen = sum(1 for n in names.values() if n.startswith(f"<{kind}-".encode()))
+        return names.setdefault(match.group(), f"<{kind}-{seen}>".encode())
+
+    out = []
+    for chunk in chunks:
+        for kind, pattern in RANDOM.items():
+            chunk = re.sub(pattern, lambda m, kind=kind: name(kind, m), chunk)
+        out.append(chunk)
+    return out
+
+
+def sse(*pairs: tuple[str, str]) -> list[bytes]:
+    return [f"event: {kind}\ndata: {data}\n\n".encode() for kind, data in pairs]
+
+
+def message_start(request_id: str, input_tokens: int) -> tuple[str, str]:
+    return (
+        "message_start",
+        f'{{"type":"message_start","message":{{"id":"chatcmpl-{request_id}","type":"message",'
+        f'"role":"assistant","content":[],"model":"{MODEL}","stop_reason":null,'
+        f'"stop_sequence":null,"usage":{{"input_tokens":{input_tokens},"output_tokens":0}}}}}}',
+    )
+
+
+def block_start(index: int, block: str) -> tuple[str, str]:
+    return (
+        "content_block_start",
+        f'{{"type":"content_block_start","content_block":{block},"index":{index}}}',
+    )
+
+
+def block_delta(index: int, delta: str) -> tuple[str, str]:
+    return (
+        "content_block_delta",
+        f'{{"type":"content_block_delta","delta":{delta},"index":{index}}}',
+    )
+
+
+def block_stop(index: int) -> tuple[str, str]:
+    return ("content_block_stop", f'{{"type":"content_block_stop","index":{index}}}')
+
+
+def message_end(stop_reason: str, input_tokens: int, output_tokens: int) -> list[tuple[str, str]]:
+    return [
+        (
+            "message_delta",
+            f'{{"type":"message_delta","delta":{{"stop_reason":"{stop_reason}",'
+            f'"stop_sequence":null}},"usage":{{"input_tokens":{input_tokens},'
+            f'"output_tokens":{output_tokens}}}}}',
+        ),
+        ("message_stop", '{"type":"message_stop"}'),
+    ]
+
+
+def test_messages_stream_bytes(standin: Standin) -> None:
+    headers = {"x-standin-tokens": "2", "X-Request-Id": "exact-m1"}
+    body = {"model": MODEL, "max_tokens": 64, "messages": user("ping"), "stream": True}
+    reply = standin.raw("POST", MESSAGES, body, headers)
+
+    assert reply.chunks == sse(
+        message_start("exact-m1", 1),
+        block_start(0, '{"type":"text","text":""}'),
+        block_delta(0, '{"type":"text_delta","text":"résumé"}'),
+        block_delta(0, '{"type":"text_delta","text":" café"}'),
+        block_stop(0),  # the EOS token's empty text opens nothing
+        *message_end("end_turn", 1, 3),
+    )
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert reply.headers["transfer-encoding"] == "chunked"
+
+
+def test_messages_thinking_stream_bytes(standin: Standin) -> None:
+    headers = {"x-standin-tokens": "2", "X-Request-Id": "exact-m2"}
+    body = {
+        "model": MODEL,
+        "max_tokens": 64,
+        "messages": user("ping"),
+        "thinking": {"type": "adaptive"},
+        "stream": True,
+    }
+    reply = standin.raw("POST", MESSAGES, body, headers)
+
+    assert unrandom(reply.chunks) == sse(
+        message_start("exact-m2", 1),
+        block_start(0, '{"type":"thinking","thinking":""}'),
+        block_delta(0, '{"type":"thinking_delta","thinking":"Zürich"}'),
+        block_delta(0, '{"type":"thinking_delta","thinking":" kernel"}'),
+        block_delta(0, '{"type":"signature_delta","signature":"<sig-0>"}'),
+        block_stop(0),
+        block_start(1, '{"type":"text","text":""}'),
+        block_delta(1, '{"type":"text_delta","text":"résumé"}'),
+        block_delta(1, '{"type":"text_delta","text":" café"}'),
+        block_stop(1),
+        *message_end("end_turn", 1, 5),
+    )
+
+
+def test_messages_tool_use_stream_bytes(standin: Standin) -> None:
+    headers = {"x-standin-scenario": "tool_calls", "X-Request-Id": "exact-m3"}
+    tools = [
+        {"name": "get_weather", "input_schema": {"type": "object"}},
+        {"name": "get_time", "input_schema": {"type": "object"}},
+    ]
+    body = {
+        "model": MODEL,
+        "max_tokens": 64,
+        "messages": user("ping"),
+        "tools": tools,
+        "stream": True,
+    }
+    reply = standin.raw("POST", MESSAGES, body, headers)
+
+    def tool_use(n: int, name: str) -> str:
+        return f'{{"type":"tool_use","id":"<tool-{n}>","name":"{name}","input":{{}}}}'
+
+    def json_delta(fragment: str) -> str:  # `fragment` as JSON string text
+        return f'{{"type":"input_json_delta","partial_json":"{fragment}"}}'
+
+    assert unrandom(reply.chunks) == sse(
+        message_start("exact-m3", 1),
+        block_start(0, tool_use(0, "get_weather")),  # the name delta carries no arguments
+        block_delta(0, json_delta('{\\"city\\": ')),
+        block_delta(0, json_delta('\\"Record')),
+        block_delta(0, json_delta('\\"}')),
+        block_stop(0),
+        block_start(1, tool_use(1, "get_time")),
+        block_delta(1, json_delta('{\\"timezone\\": ')),
+        block_delta(1, json_delta('\\"Umber')),
+        block_delta(1, json_delta('\\"}')),
+        block_stop(1),
+        *message_end("tool_use", 1, 9),
+    )
+
+
+def response_object(status: str, max_output: int, output: str, usage: str) -> str:
+    """`ResponsesResponse` dumped whole, in field order (`metrics` excluded when None)."""
+    incomplete = '{"reason":"max_output_tokens"}' if status == "incomplete" else "null"
+    return (
+        f'{{"id":"resp-exact-r1","created_at":1700000000,"incomplete_details":{incomplete},'
+        f'"instructions":null,"metadata":null,"model":"{MODEL}","object":"response",'
+        f'"output":{output},"parallel_tool_calls":true,"temperature":1.0,'
+        # no tools: check_tool_usage turned the default "auto" into "none"
+        '"tool_choice":"none","tools":[],"top_p":1.0,"background":false,'
+        f'"max_output_tokens":{max_output},"max_tool_calls":null,"previous_response_id":null,'
+        '"prompt":null,"prompt_cache_options":null,"prompt_cache_key":null,'
+        '"prompt_cache_retention":null,"reasoning":null,"safety_identifier":null,'
+        f'"service_tier":"auto","status":"{status}","text":null,"top_logprobs":null,'
+        f'"truncation":"disabled","usage":{usage},"user":null,"presence_penalty":0.0,'
+        '"frequency_penalty":0.0,"kv_transfer_params":null,"ec_transfer_params":null,'
+        '"input_messages":null,"output_messages":null}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("max_output_tokens", "status", "words", "output_tokens"),
+    [(None, "completed", 2, 3), (2, "incomplete", 2, 2)],
+    ids=["completed", "cut-by-max_output_tokens"],
+)
+def test_responses_stream_bytes(
+    standin: Standin,
+    max_output_tokens: int | None,
+    status: str,
+    words: int,
+    output_tokens: int,
+) -> None:
+    headers = {**PINNED, "x-standin-tokens": str(words)}
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "input": "ping",
+        "stream": True,
+        "request_id": "resp-exact-r1",
+    }
+    if max_output_tokens is not None:
+        body["max_output_tokens"] = max_output_tokens
+    reply = standin.raw("POST", RESPONSES, body, headers)
+
+    max_output = max_output_tokens or 32768 - 1  # the context left after the prompt
+    initial = response_object("in_progress", max_output, "[]", "null")
+    item = '"item_id":"<msg-0>","output_index":0'
+    part = '{"annotations":[],"text":"résumé café","type":"output_text","logprobs":null}'
+    message = (
+        f'{{"id":"<msg-0>","content":[{part}],"role":"assistant","status":"{status}",'
+        '"type":"message","phase":null}'
+    )
+    usage = (
+        '{"input_tokens":1,"input_tokens_details":{"cached_tokens":0,"cache_write_tokens":0,'
+        f'"input_tokens_per_turn":[],"cached_tokens_per_turn":[]}},"output_tokens":{output_tokens},'
+        '"output_tokens_details":{"reasoning_tokens":0,"tool_output_tokens":0,'
+        '"output_tokens_per_turn":[],"tool_output_tokens_per_turn":[]},'
+        f'"total_tokens":{1 + output_tokens}}}'
+    )
+    final = response_object(status, max_output, f"[{message}]", usage)
+    terminal = "response.incomplete" if status == "incomplete" else "response.completed"
+
+    def delta(seq: int, text: str) -> tuple[str, str]:
+        return (
+            "response.output_text.delta",
+            f'{{"content_index":0,"delta":"{text}","item_id":"<msg-0>","logprobs":[],'
+            f'"output_index":0,"sequence_number":{seq},"type":"response.output_text.delta"}}',
+        )
+
+    assert unrandom(reply.chunks) == sse(
+        (
+            "response.created",
+            f'{{"response":{initial},"sequence_number":0,"type":"response.created"}}',
+        ),
+        (
+            "response.in_progress",
+            f'{{"response":{initial},"sequence_number":1,"type":"response.in_progress"}}',
+        ),
+        (
+            "response.output_item.added",
+            '{"item":{"id":"<msg-0>","content":[],"role":"assistant","status":"in_progress",'
+            '"type":"message","phase":null},"output_index":0,"sequence_number":2,'
+            '"type":"response.output_item.added"}',
+        ),
+        (
+            "response.content_part.added",
+            f'{{"content_index":0,{item},"part":{{"annotations":[],"text":"",'
+            '"type":"output_text","logprobs":[]},"sequence_number":3,'
+            '"type":"response.content_part.added"}',
+        ),
+        delta(4, "résumé"),
+        delta(5, " café"),
+        (
+            "response.output_text.done",
+            '{"content_index":0,"item_id":"<msg-0>","logprobs":[],"output_index":0,'
+            '"sequence_number":6,"text":"résumé café","type":"response.output_text.done"}',
+        ),
+        (
+            "response.content_part.done",
+            f'{{"content_index":0,{item},"part":{part},"sequence_number":7,'
+            '"type":"response.content_part.done"}',
+        ),
+        (
+            "response.output_item.done",
+            f'{{"item":{message},"output_index":0,"sequence_number":8,'
+            '"type":"response.output_item.done"}',
+        ),
+        (terminal, f'{{"response":{final},"sequence_number":9,"type":"{terminal}"}}'),
+    )
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "text/event-stream; charset=utf-8"
 
 
 # --- whole bodies -------------------------------------------------------------------------
