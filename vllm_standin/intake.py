@@ -41,6 +41,7 @@ class Accepted:
     entry: Entry
     controls: Controls
     request: GenerateRequest
+    document: object  # the body as decoded (decode_json), for fields `request` does not keep
 
     @property
     def pace(self) -> Pace:
@@ -90,4 +91,4 @@ async def accept(
             controls.error_status, parsed.model, runtime.limits.max_model_len, api
         )
         return await send_error(request, translate(error))
-    return Accepted(runtime, entry, controls, parsed)
+    return Accepted(runtime, entry, controls, parsed, document)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 
-import orjson
 from aiohttp import web
 
 from vllm_standin.bodies import parse_responses
@@ -35,7 +34,6 @@ async def responses(request: web.Request) -> web.StreamResponse:
     if not isinstance(accepted, Accepted):
         return accepted
     parsed, controls = accepted.request, accepted.controls
-    body = orjson.loads(await request.read())  # valid: accept() parsed it already
     plan = plan_choice(parsed.seed_text, 0, Shape(accepted.tokens_of(0)), parsed.max_tokens[0])
     head = ResponsesHead(
         # ResponsesRequest.request_id: the body's, else resp_ + random_uuid() (16 hex)
@@ -44,7 +42,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
         model=parsed.model,
         prompt_tokens=parsed.total_prompt_tokens,
         max_output_tokens=parsed.max_tokens[0],
-        tool_choice=echoed_tool_choice(body),
+        tool_choice=echoed_tool_choice(accepted.document),
     )
     if parsed.stream:
         encoder = ResponsesStream(head)
