@@ -184,7 +184,12 @@ async def _no_unaudited_404(
     """A target no route matches (`CONNECT host:port`, `OPTIONS *`: not a path) goes to the
     proxy too, which refuses it like any other path, in the OpenAI shape and audited."""
     if request.match_info.http_exception is not None:
-        return await _forward(request)
+        response = await _forward(request)
+        if request.method == "CONNECT":
+            # aiohttp reads what follows a CONNECT's head as the next request, whatever
+            # body the CONNECT declared: closing leaves nothing to answer unaudited.
+            response.force_close()
+        return response
     return await handler(request)
 
 

@@ -127,7 +127,9 @@ class Exchange:
         self.clock = clock
         self.request_id = choose_request_id(request.headers.get("x-request-id"))
         self.method = request.method
-        self.path = request.path
+        # `CONNECT host:port` has no path (aiohttp reads its target as an authority): the
+        # record keeps the target as sent.
+        self.path = request.path or request.raw_path
         self.query = request.query_string
         # The wire's bytes as text, one char per byte: forwarded to vLLM unchanged.
         self.headers_in = [
@@ -399,7 +401,7 @@ class Proxy:
 
     def _check(self, request: web.Request, ex: Exchange) -> None:
         if not path_allowed(request.raw_path, self._config.allowed_paths, request.method):
-            raise errors.not_found(request.path)
+            raise errors.not_found(ex.path)
         # A CORS preflight cannot carry custom headers; it is forwarded (and audited) as is.
         required = self._config.require_audit_headers and request.method != "OPTIONS"
         try:

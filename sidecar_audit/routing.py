@@ -159,6 +159,10 @@ _FLOAT_INT_LIMIT = 2.0**63  # pydantic refuses an integral float this large (int
 
 def path_allowed(raw_path: str, patterns: tuple[str, ...], method: str | None = None) -> bool:
     """Whether a request target may be forwarded; `method` None: as for any method."""
+    if method == "CONNECT":
+        # Its target is an authority, not a path: uvicorn reads `CONNECT /v1/models` as
+        # the empty path. No route of vLLM's takes a CONNECT.
+        return False
     # The query and a fragment go first: vLLM's server (uvicorn's URL parser) drops both.
     path = unquote(raw_path.split("?", 1)[0].split("#", 1)[0])
     if _CONTROL.search(path) or not path.startswith("/"):

@@ -853,3 +853,77 @@ async def test_a_target_that_is_not_a_path_is_refused_in_the_openai_shape_and_au
     record = sidecar.wait_for_records([request_id]).by_id()[request_id]
     assert record["outcome"] == "rejected" and record["statusCode"] == 404
     assert standin_session.requests() == []
+
+
+async def test_a_refused_connect_has_its_target_in_the_record_and_the_message(
+    standin_session, sidecar
+) -> None:
+    """aiohttp reads `CONNECT host:port` as an authority with an empty path: the record
+    (and the client's message) must still say which target was asked for."""
+    request_id = rid()
+    line = b"CONNECT 10.0.0.7:8443"
+    status, body = await raw_exchange(sidecar.url, line, {"x-request-id": request_id})
+    assert status == 404
+    assert "10.0.0.7:8443" in orjson.loads(body)["error"]["message"]
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["method"] == "CONNECT" and record["path"] == "10.0.0.7:8443"
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 5\r\n\r\nhello",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+)
+@pytest.mark.parametrize("target", [b"127.0.0.1:443", b"/sleep"])
+async def test_nothing_after_a_refused_connect_is_answered_unaudited(
+    standin_session, sidecar, framing: bytes, target: bytes
+) -> None:
+    """aiohttp reads the bytes after a CONNECT's head as whatever comes next on the
+    connection, not as its body: a CONNECT with a body, then a request, got our 404 and
+    then aiohttp's plain-text 400 for the body read as a request line, with no record.
+    A CONNECT closes the connection instead: one answer, one record."""
+    standin_session.reset()
+    request_id, next_id = rid(), rid()
+    fields = {**AUDIT_HEADERS, "x-request-id": request_id}
+    head = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in fields.items())
+    following = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nx-request-id: %s\r\n\r\n" % next_id.encode()
+    host, port = sidecar.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"CONNECT %s HTTP/1.1\r\nHost: x\r\n" % target + head + framing + following)
+    async with asyncio.timeout(10):
+        response = await reader.read()  # the sidecar closes the connection
+    writer.close()
+    assert response.count(b"HTTP/1.") == 1, response
+    assert response.startswith(b"HTTP/1.1 404 ") and b"\r\nConnection: close\r\n" in response
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["outcome"] == "rejected" and record["statusCode"] == 404
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{sidecar.url}/health") as r:
+            assert r.status == 200
+        async with session.post(
+            f"{sidecar.url}/v1/chat/completions", json=CHAT, headers=AUDIT_HEADERS
+        ) as r:
+            assert r.status == 200
+    hits = [r["path"] for r in standin_session.requests() if r["path"] != "/health"]
+    assert hits == ["/v1/chat/completions"]  # the /health probe's own hit aside
+
+
+@pytest.mark.parametrize("target", [b"/v1/models", b"/v1/chat/completions"])
+async def test_a_connect_to_a_client_path_never_reaches_vllm(
+    standin_session, sidecar, target: bytes
+) -> None:
+    """aiohttp routes no CONNECT (its target is an authority), so the catch-all middleware
+    sent `CONNECT /v1/models` to the proxy, whose path check let it through: vLLM's server
+    got a CONNECT and read its target as the empty path. CONNECT names no path of vLLM's:
+    refused, in the OpenAI shape and recorded."""
+    standin_session.reset()
+    request_id = rid()
+    line = b"CONNECT " + target
+    status, body = await raw_exchange(sidecar.url, line, {"x-request-id": request_id})
+    assert status == 404
+    assert orjson.loads(body)["error"]["code"] == "not_found"
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["outcome"] == "rejected" and record["statusCode"] == 404
+    assert standin_session.requests() == []

@@ -197,3 +197,11 @@ def test_listing_an_admin_route_is_a_start_up_error(path: str) -> None:
     with pytest.raises(ConfigError, match="ALLOWED_PATHS") as error:
         Config.from_env({**ENV, "ALLOWED_PATHS": f"/v1/models,{path}"})
     assert "never forwarded" in str(error.value)
+
+
+def test_no_path_is_forwarded_for_a_connect() -> None:
+    """uvicorn reads a CONNECT's target as an authority (`CONNECT /v1/models`: the empty path)."""
+    allowed = Config.from_env(ENV).allowed_paths
+    for path in CLIENT_PATHS:
+        assert path_allowed(concrete(path), allowed, "GET" if "{" in path else None)
+        assert not path_allowed(concrete(path), (*allowed, "/*"), "CONNECT"), path
