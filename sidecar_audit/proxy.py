@@ -36,6 +36,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -401,6 +402,12 @@ class Proxy:
 
     def _check(self, request: web.Request, ex: Exchange) -> None:
         if not path_allowed(request.raw_path, self._config.allowed_paths, request.method):
+            # Refused whoever asks, and the path decides the answer (a 404, not a 400 for
+            # the headers); the record still names the caller as far as the headers can.
+            with contextlib.suppress(IdentityProblem):
+                ex.identity = read_identity(request.raw_headers, required=False)
+            if self._config.trust_edge_headers:
+                ex.edge = read_edge(request.raw_headers)
             raise errors.not_found(ex.path)
         # A CORS preflight cannot carry custom headers; it is forwarded (and audited) as is.
         required = self._config.require_audit_headers and request.method != "OPTIONS"

@@ -927,3 +927,53 @@ async def test_a_connect_to_a_client_path_never_reaches_vllm(
     record = sidecar.wait_for_records([request_id]).by_id()[request_id]
     assert record["outcome"] == "rejected" and record["statusCode"] == 404
     assert standin_session.requests() == []
+
+
+async def test_a_refused_admin_route_records_who_asked(standin_session, start_sidecar) -> None:
+    """A probe of an admin route is the request a security review looks for first: its
+    record names the caller from the audit headers and the API key from the edge's
+    headers, though the path is refused before they would otherwise be read."""
+    trusting = start_sidecar(standin_session.url, TRUST_EDGE_HEADERS="true")
+    standin_session.reset()
+    request_id = rid()
+    headers = {
+        **AUDIT_HEADERS,
+        "x-request-id": request_id,
+        "x-edge-api-key-id": "key-7f3a",
+        "x-edge-request-id": "edge-1",
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{trusting.url}/v1/load_lora_adapter", json={}, headers=headers) as r,
+    ):
+        assert r.status == 404
+    record = trusting.wait_for_records([request_id]).by_id()[request_id]
+    assert record["outcome"] == "rejected"
+    assert (record["source"], record["userId"], record["requestType"]) == (
+        "test-app",
+        "tester",
+        "chat",
+    )
+    assert (record["apiKeyId"], record["edgeRequestId"]) == ("key-7f3a", "edge-1")
+    assert standin_session.requests() == []
+
+
+async def test_a_refused_path_with_unreadable_identity_headers_is_still_a_404(
+    standin_session, sidecar
+) -> None:
+    """The path decides the answer: identity headers that would be a 400 elsewhere (here
+    repeated) leave the record's caller unknown, not the 404 changed."""
+    request_id = rid()
+    host, port = sidecar.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /sleep HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n"
+        b"x-request-id: %s\r\nx-llm-source: s\r\nx-llm-user: a\r\nx-llm-user: b\r\n"
+        b"x-llm-request-type: chat\r\n\r\n{}" % request_id.encode()
+    )
+    async with asyncio.timeout(10):
+        response = await reader.read()
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 404 "), response
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["userId"] == "unknown" and record["outcome"] == "rejected"
