@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from .record import iso_utc
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -27,7 +28,7 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "ts": iso_utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
@@ -66,6 +67,10 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # What a LogRecord would otherwise look up on every call; the line carries none of it.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False
     # aiohttp's access log would repeat our own per-request line; botocore is chatty.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("botocore").setLevel(logging.WARNING)

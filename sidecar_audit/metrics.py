@@ -327,6 +327,13 @@ class Metrics:
             registry=r,
         )
         self.inference = _InferenceHistograms(r)
+        # Labelled children, built once per label value (`labels()` costs more than the
+        # observation itself, and this runs before every answer's last bytes).
+        self._request_counts: dict[tuple[str, int, str], Counter] = {}
+        self._latencies: dict[str, Histogram] = {}
+        self._ttfts: dict[str, Histogram] = {}
+        self._prompt_tokens = self.tokens.labels("prompt")
+        self._completion_tokens = self.tokens.labels("completion")
         self._reported = _Totals({}, 0.0, 0.0)
         r.register(_AuditCollector(audit_snapshot))
 
@@ -342,16 +349,26 @@ class Metrics:
         completion_tokens: int | None,
     ) -> None:
         label = path_label(path)
-        self.requests.labels(label, str(status), outcome).inc()
-        self.latency.labels(label).observe(latency_s)
+        key = (label, status, outcome)
+        count = self._request_counts.get(key)
+        if count is None:
+            count = self._request_counts[key] = self.requests.labels(label, str(status), outcome)
+        count.inc()
+        latency = self._latencies.get(label)
+        if latency is None:
+            latency = self._latencies[label] = self.latency.labels(label)
+        latency.observe(latency_s)
         if ttft_s is not None:
-            self.ttft.labels(label).observe(ttft_s)
+            ttft = self._ttfts.get(label)
+            if ttft is None:  # created only when observed: no empty series per path
+                ttft = self._ttfts[label] = self.ttft.labels(label)
+            ttft.observe(ttft_s)
         if overhead_s is not None:
             self.overhead.observe(overhead_s)
         if prompt_tokens:
-            self.tokens.labels("prompt").inc(prompt_tokens)
+            self._prompt_tokens.inc(prompt_tokens)
         if completion_tokens:
-            self.tokens.labels("completion").inc(completion_tokens)
+            self._completion_tokens.inc(completion_tokens)
 
     def observe_inference(
         self,

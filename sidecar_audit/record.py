@@ -54,7 +54,8 @@ class Identity:
 
 def iso_utc(epoch_seconds: float) -> str:
     """UTC ISO-8601 with microseconds and `Z`, e.g. 2026-11-26T20:19:11.123456Z."""
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat() is strftime's output here (+00:00 for Z) at half its cost.
+    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _inflate(data: bytes, encoding: str, limit: int) -> tuple[bytes, bool] | None:

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -311,6 +312,7 @@ async def test_every_log_line_is_json_with_request_ids_and_no_prompts_answers_or
     lines = log_objects(raw)
     for line in lines:
         assert {"ts", "level", "logger", "event"} <= line.keys(), line
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["ts"]), line
     request_lines = [line for line in lines if line["event"] == "request"]
     assert sorted(line["requestId"] for line in request_lines) == sorted(sent)
     text = "\n".join(raw)
