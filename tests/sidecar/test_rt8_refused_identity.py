@@ -269,6 +269,63 @@ async def test_a_connect_target_s_credentials_stay_out_of_the_record_the_answer_
     assert standin_session.requests() == []
 
 
+@pytest.mark.parametrize("target", [b"/sleep", b"/v1/load_lora_adapter", b"/v1/nope"])
+async def test_an_unknown_expectation_on_a_refused_path_is_still_an_audited_404(
+    standin_session, sidecar, target: bytes
+) -> None:
+    """aiohttp answered any Expect other than 100-continue itself, before the route's handler:
+    a plain-text 417 and no record, so an admin-route probe carrying `Expect: x` left no
+    trace. vLLM's server ignores such an expectation (RFC 9110 §10.1.1 allows it)."""
+    standin_session.reset()
+    request_id = rid()
+    [reply] = await exchange(
+        sidecar.url,
+        request(b"POST", target, request_id, identity("eve") + b"Expect: x-probe\r\n", close=True),
+    )
+    assert_openai_404(reply)
+    record = the_record(sidecar, request_id)
+    assert (record["outcome"], record["statusCode"]) == ("rejected", 404)
+    assert caller(record) == ("src-eve", "eve", "chat", "src-eve")
+    assert standin_session.requests() == []
+
+
+async def test_an_unknown_expectation_on_an_allowed_path_is_forwarded_and_recorded(
+    standin_session, sidecar
+) -> None:
+    standin_session.reset()
+    request_id = rid()
+    headers = identity("bob") + b"content-type: application/json\r\nExpect: x-probe\r\n"
+    [reply] = await exchange(
+        sidecar.url,
+        request(b"POST", b"/v1/chat/completions", request_id, headers, CHAT, close=True),
+    )
+    assert reply.status == 200, reply.body
+    record = the_record(sidecar, request_id)
+    assert (record["outcome"], record["userId"]) == ("completed", "bob")
+    [seen] = standin_session.requests()
+    assert "expect" not in {name.lower() for name, _ in seen["header_list"]}
+
+
+@pytest.mark.parametrize("target", [b"/sleep", b"/v1/chat/completions"])
+async def test_100_continue_is_still_answered(standin_session, sidecar, target: bytes) -> None:
+    """The expectation aiohttp meets is met as before, on a refused path and an allowed one."""
+    standin_session.reset()
+    request_id = rid()
+    headers = identity("eve") + b"content-type: application/json\r\nExpect: 100-continue\r\n"
+    interim, reply = await exchange(
+        sidecar.url, request(b"POST", target, request_id, headers, CHAT, close=True), replies=2
+    )
+    assert interim.status == 100
+    record = the_record(sidecar, request_id)
+    assert caller(record) == ("src-eve", "eve", "chat", "src-eve")
+    if target == b"/sleep":
+        assert_openai_404(reply)
+        assert standin_session.requests() == []
+    else:
+        assert reply.status == 200 and record["outcome"] == "completed"
+        assert [e["path"] for e in standin_session.requests()] == ["/v1/chat/completions"]
+
+
 async def test_pipelined_refused_and_allowed_requests_each_record_their_own_caller(
     standin_session, start_sidecar
 ) -> None:
