@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 
 from .audit_trail import AuditTrail
 from .config import Config
@@ -61,8 +61,22 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/health", _health)
     # Every path, newlines included (`.` stops at one): whatever is refused is refused
     # by the proxy, in the OpenAI error shape and with its audit record.
-    app.router.add_route("*", r"/{tail:[\s\S]*}", _forward)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _forward, expect_handler=_expect)
     return app
+
+
+async def _expect(request: web.Request) -> None:
+    """`Expect: 100-continue` is answered as aiohttp answers it; any other expectation is
+    ignored, as vLLM's server ignores it (RFC 9110 §10.1.1 allows either): aiohttp's own
+    handler answered it 417 in plain text before the route's handler ran, so the request,
+    an admin-route probe included, was refused without its audit record."""
+    if (
+        request.version == HttpVersion11
+        and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # As aiohttp's handler: the interim answer is not part of the response's size.
+        request.writer.output_size = 0
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:

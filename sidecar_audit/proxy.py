@@ -51,6 +51,7 @@ from .capture import BodyCapture, StreamCapture
 from .client_stream import ClientStream
 from .config import Config
 from .headers import (
+    REDACTED,
     IdentityProblem,
     Redaction,
     choose_request_id,
@@ -129,8 +130,8 @@ class Exchange:
         self.request_id = choose_request_id(request.headers.get("x-request-id"))
         self.method = request.method
         # `CONNECT host:port` has no path (aiohttp reads its target as an authority): the
-        # record keeps the target as sent.
-        self.path = request.path or request.raw_path
+        # record keeps the target as sent, but for credentials in it.
+        self.path = request.path or _without_userinfo(request.raw_path)
         self.query = request.query_string
         # The wire's bytes as text, one char per byte: forwarded to vLLM unchanged.
         self.headers_in = [
@@ -277,6 +278,14 @@ class Exchange:
             None,
             None,
         )
+
+
+def _without_userinfo(authority: str) -> str:
+    """A CONNECT target with any `user:password@` replaced: authority-form has none (RFC 9112
+    3.2.3), but aiohttp accepts one, and the target goes into the record, the 404's message
+    and the log line. Split where aiohttp's URL parser splits it, at the last `@`."""
+    _, at, host = authority.rpartition("@")
+    return f"{REDACTED}@{host}" if at else authority
 
 
 def _text(members: dict[str, Any] | None, name: str) -> str | None:
