@@ -148,7 +148,10 @@ IDENTITY_FIELDS = {
 }
 EDGE_FIELDS = {"x-edge-api-key-id": "apiKeyId", "x-edge-request-id": "edgeRequestId"}
 MAX_IDENTITY_CHARS = 256
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Controls (C0, DEL, C1) and the bidirectional embeddings, overrides and isolates: a value
+# holding one can display as another caller's. Marks (U+200E/F) and joiners stay: names in
+# Arabic, Hebrew or Indic scripts and emoji sequences need them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 class IdentityProblem(ValueError):
@@ -177,7 +180,7 @@ def read_identity(raw_headers: Iterable[tuple[bytes, bytes]], *, required: bool)
                 name, "invalid", f"is longer than {MAX_IDENTITY_CHARS} characters"
             )
         if _CONTROL.search(value):
-            raise IdentityProblem(name, "invalid", "contains control characters")
+            raise IdentityProblem(name, "invalid", "contains control or bidi-override characters")
         seen[name] = value
     if required:
         for name in AUDIT_HEADERS:

@@ -192,6 +192,37 @@ def test_identity_headers_are_once_utf8_and_bounded(raw, problem) -> None:
     assert (caught.value.header, caught.value.kind) == problem
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ali\u0085ce",  # C1 control (NEL; at either end, strip() would drop it)
+        "\u009bx",  # C1 CSI: a terminal escape once printed
+        "admin\u202egnp.exe",  # right-to-left override: shows as "adminexe.png"
+        "bob\u2066x\u2069",  # directional isolates
+        "\u202aeve",  # left-to-right embedding
+    ],
+)
+def test_identity_values_that_would_display_as_someone_else_are_refused(value: str) -> None:
+    """A reviewer reads `userId` on a screen: bidirectional overrides and C1 controls
+    would make one caller's value display as another's, as ASCII controls would."""
+    with pytest.raises(IdentityProblem) as caught:
+        read_identity([(b"x-llm-user", value.encode())], required=False)
+    assert caught.value.kind == "invalid"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\u0645\u062d\u0645\u062f\u200f",  # Arabic with a right-to-left mark
+        "\u0915\u094d\u200d\u0937",  # Devanagari with a zero-width joiner
+        "\U0001f469\u200d\U0001f4bb",  # an emoji ZWJ sequence
+        "z\u00fcrich-team",
+    ],
+)
+def test_identity_values_in_any_script_are_accepted(value: str) -> None:
+    assert read_identity([(b"x-llm-user", value.encode())], required=False) == {"x-llm-user": value}
+
+
 def test_identity_headers_decode_utf8() -> None:
     raw = [(b"x-llm-user", "ålice".encode()), (b"x-llm-source", b" app ")]
     assert read_identity(raw, required=False) == {"x-llm-user": "ålice", "x-llm-source": "app"}
