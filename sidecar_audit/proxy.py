@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aiohttp import HttpVersion11, web
+from aiohttp import HttpVersion11, hdrs, web
 
 from . import errors
 from .capture import BodyCapture, StreamCapture
@@ -133,6 +133,10 @@ class Exchange:
         # record keeps the target as sent, but for credentials in it.
         self.path = request.path or _without_userinfo(request.raw_path)
         self.query = request.query_string
+        # Nothing is ever upgraded (the upgrade headers are hop-by-hop), but aiohttp reads
+        # whatever follows a request that asked for it as the new protocol's bytes: the
+        # next request on the connection would never be answered. Its answer closes it.
+        self.closes_connection = hdrs.UPGRADE in request.headers
         # The wire's bytes as text, one char per byte: forwarded to vLLM unchanged.
         self.headers_in = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
@@ -489,6 +493,8 @@ class Proxy:
         ex.content_type = "application/json"
         response = web.Response(status=err.status, body=body, content_type="application/json")
         response.headers["X-Request-Id"] = ex.request_id
+        if ex.closes_connection:
+            response.force_close()
         ex.response_headers = list(response.headers.items())
         return response
 
@@ -515,6 +521,8 @@ class Proxy:
             response = web.StreamResponse(status=head.status, reason=head.reason or None)
             for name, value in client_response_headers(head.raw_headers, ex.request_id):
                 response.headers.add(name, value)
+            if ex.closes_connection:
+                response.force_close()
             if not is_sse and head.content_length is not None:
                 response.content_length = head.content_length
             elif request.version < HttpVersion11:

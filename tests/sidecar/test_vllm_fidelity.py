@@ -977,3 +977,36 @@ async def test_a_refused_path_with_unreadable_identity_headers_is_still_a_404(
     assert response.startswith(b"HTTP/1.1 404 "), response
     record = sidecar.wait_for_records([request_id]).by_id()[request_id]
     assert record["userId"] == "unknown" and record["outcome"] == "rejected"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "outcome"), [("/v1/models", 200, "completed"), ("/sleep", 404, "rejected")]
+)
+async def test_an_upgrade_request_is_answered_and_the_connection_closed(
+    standin_session, sidecar, path: str, status: int, outcome: str
+) -> None:
+    """`curl --http2 http://...` asks to upgrade to h2c on its first request. Nothing is
+    upgraded (the upgrade headers are hop-by-hop and never reach vLLM): the request is
+    answered in HTTP/1.1. aiohttp then read everything after it as the upgraded protocol's
+    bytes, so the next request on that keep-alive connection was never answered. The answer
+    now closes the connection, and the client's next request goes on a new one."""
+    standin_session.reset()
+    request_id = rid()
+    fields = {**AUDIT_HEADERS, "x-request-id": request_id}
+    head = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in fields.items())
+    host, port = sidecar.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n%s\r\n"
+        % (path.encode(), head)
+    )
+    async with asyncio.timeout(10):
+        response = await reader.read()  # ends: the sidecar closes the connection
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 %d " % status), response[:200]
+    assert b"Connection: close" in response.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    record = sidecar.wait_for_records([request_id]).by_id()[request_id]
+    assert record["outcome"] == outcome
+    for seen in standin_session.requests():
+        assert not {"upgrade", "http2-settings"} & {k.lower() for k in seen["headers"]}
