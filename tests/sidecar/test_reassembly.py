@@ -179,3 +179,20 @@ def test_a_responses_or_messages_stream_cut_before_its_terminal_event_is_an_erro
     whole.feed(raw)
     whole.finish()
     assert whole.assembler.error is None
+
+
+@pytest.mark.parametrize("piece", [1, 7, 113, 4095, 4096, 4097, 20_000, None])
+def test_a_long_stream_captured_in_any_pieces_is_the_stream_assembled_whole(piece) -> None:
+    """The capture decodes in blocks (capture.DECODE_BLOCK) after the first token: however
+    the chunks fall against the blocks, the record's answer is the whole stream's."""
+    fixture = (FIXTURES / "chat_tools_reasoning.sse").read_bytes()
+    raw = fixture * 40  # ~40 streams' worth of events: many decode blocks
+    whole = assemble(raw)
+    capture = StreamCapture(1_000_000, lambda: 0.0)
+    size = piece or len(raw)
+    for start in range(0, len(raw), size):
+        capture.feed(raw[start : start + size])
+    body = capture.finish()
+    assert capture.assembler.result() == whole.result()
+    assert (capture.assembler.events, capture.assembler.usage) == (whole.events, whole.usage)
+    assert body["bytes"] == len(raw) and not body["truncated"]
