@@ -1,4 +1,4 @@
-"""Red team rt8: who asked, on a refused path, against the real sidecar process (loopback).
+"""Refused requests and who asked, against the real sidecar process (loopback; red team rt8).
 
 A refused request (a path off the allowlist, an admin route, a target that is not a path)
 is answered 404 in the OpenAI shape whatever its identity and edge headers say, has one
