@@ -70,7 +70,8 @@ def setup_logging(level: str) -> None:
     # What a LogRecord would otherwise look up on every call; the line carries none of it.
     logging.logThreads = False
     logging.logMultiprocessing = False
-    logging.logAsyncioTasks = False
+    if sys.version_info >= (3, 12):
+        logging.logAsyncioTasks = False
     # aiohttp's access log would repeat our own per-request line; botocore is chatty.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("botocore").setLevel(logging.WARNING)
