@@ -74,7 +74,12 @@ async def _expect(request: web.Request) -> None:
         request.version == HttpVersion11
         and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
     ):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        except ConnectionError:
+            # The client is gone: no 100 to send, but its request still goes on to the
+            # handler, which records it (raising here would leave it without a record).
+            return
         # As aiohttp's handler: the interim answer is not part of the response's size.
         request.writer.output_size = 0
 
