@@ -233,7 +233,13 @@ async def _health(request: web.Request) -> web.Response:
         app[TRAIL].health(),
         HealthLimits(config.health_max_spool_bytes, config.health_max_ship_lag),
     )
-    return web.json_response(body, status=status)
+    response = web.json_response(body, status=status)
+    if hdrs.UPGRADE in request.headers:
+        # As the proxy's answers (proxy.Exchange.closes_connection): after a request asking
+        # to upgrade, aiohttp drops what came with it, so a request pipelined behind it
+        # would wait for the keep-alive timeout, never answered.
+        response.force_close()
+    return response
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:

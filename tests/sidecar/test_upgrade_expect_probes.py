@@ -215,3 +215,22 @@ async def test_a_request_expecting_100_continue_whose_client_left_is_still_recor
         assert record["outcome"] in outcomes, record
         assert (record["userId"], record["path"]) == ("eve", target.decode())
     assert "Cannot write to closing transport" not in sidecar.proc.log()
+
+
+# --- Upgrade ----------------------------------------------------------------------------------
+
+
+async def test_an_upgrade_request_to_health_closes_the_connection(standin_session, sidecar) -> None:
+    """`/health` is answered by the sidecar itself, not the proxy, and kept the connection
+    open after a request asking to upgrade (h2c): aiohttp drops the bytes read with such a
+    request, so a request pipelined behind it was never answered, and the client waited
+    for the keep-alive timeout. The answer now closes the connection, as the proxy's do."""
+    standin_session.reset()
+    following = rid()
+    data = request(b"GET", b"/health", rid(), UPGRADES["h2c"]) + request(
+        b"GET", b"/v1/models", following, identity()
+    )
+    received = await until_closed(sidecar.url, data)
+    [reply] = replies_of(received)
+    assert reply.status == 200 and reply.header("connection") == "close", received[:300]
+    assert following not in seen_ids(standin_session)
