@@ -74,7 +74,12 @@ async def _expect(request: web.Request) -> None:
         request.version == HttpVersion11
         and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
     ):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        except ConnectionError:
+            # The client is gone: no 100 to send, but its request still goes on to the
+            # handler, which records it (raising here would leave it without a record).
+            return
         # As aiohttp's handler: the interim answer is not part of the response's size.
         request.writer.output_size = 0
 
@@ -228,7 +233,13 @@ async def _health(request: web.Request) -> web.Response:
         app[TRAIL].health(),
         HealthLimits(config.health_max_spool_bytes, config.health_max_ship_lag),
     )
-    return web.json_response(body, status=status)
+    response = web.json_response(body, status=status)
+    if hdrs.UPGRADE in request.headers:
+        # As the proxy's answers (proxy.Exchange.closes_connection): after a request asking
+        # to upgrade, aiohttp drops what came with it, so a request pipelined behind it
+        # would wait for the keep-alive timeout, never answered.
+        response.force_close()
+    return response
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
