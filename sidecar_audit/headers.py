@@ -148,10 +148,11 @@ IDENTITY_FIELDS = {
 }
 EDGE_FIELDS = {"x-edge-api-key-id": "apiKeyId", "x-edge-request-id": "edgeRequestId"}
 MAX_IDENTITY_CHARS = 256
-# Controls (C0, DEL, C1) and the bidirectional embeddings, overrides and isolates: a value
+# Controls (C0, DEL, C1), the line and paragraph separators (a line break to some viewers
+# and to str.splitlines) and the bidirectional embeddings, overrides and isolates: a value
 # holding one can display as another caller's. Marks (U+200E/F) and joiners stay: names in
 # Arabic, Hebrew or Indic scripts and emoji sequences need them.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 class IdentityProblem(ValueError):

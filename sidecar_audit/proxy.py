@@ -133,9 +133,10 @@ class Exchange:
         # record keeps the target as sent, but for credentials in it.
         self.path = request.path or _without_userinfo(request.raw_path)
         self.query = request.query_string
-        # Nothing is ever upgraded (the upgrade headers are hop-by-hop), but aiohttp reads
-        # whatever follows a request that asked for it as the new protocol's bytes: the
-        # next request on the connection would never be answered. Its answer closes it.
+        # Nothing is ever upgraded (the upgrade headers are hop-by-hop), but aiohttp treats
+        # the connection as upgraded: it drops the rest of the read that carried the request
+        # (h2c, tcp) or holds it back (websocket), so a request pipelined behind it would
+        # wait for the keep-alive timeout, never answered. Its answer closes it.
         self.closes_connection = hdrs.UPGRADE in request.headers
         # The wire's bytes as text, one char per byte: forwarded to vLLM unchanged.
         self.headers_in = [

@@ -200,6 +200,7 @@ def test_identity_headers_are_once_utf8_and_bounded(raw, problem) -> None:
         "admin\u202egnp.exe",  # right-to-left override: shows as "adminexe.png"
         "bob\u2066x\u2069",  # directional isolates
         "\u202aeve",  # left-to-right embedding
+        "alice\u2028level=admin",  # a line separator: a new line to some log viewers
     ],
 )
 def test_identity_values_that_would_display_as_someone_else_are_refused(value: str) -> None:
