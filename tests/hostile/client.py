@@ -2,7 +2,8 @@
 
 `read_reply(reader)` reads one response off a keep-alive connection with llhttp
 (httptools), returning the status, the de-chunked body exactly as received and
-whether the connection may carry another request.
+whether the connection may carry another request. `read_replies(reader, n)` and
+`replies_of(data)` read several, interim (1xx) answers included, in order.
 """
 
 from __future__ import annotations
@@ -62,3 +63,47 @@ async def read_reply(reader: asyncio.StreamReader) -> Reply:
         reply.keep_alive = False
     reply.body = b"".join(collector.parts)
     return reply
+
+
+class _Replies:
+    """llhttp callbacks: every response on one connection, in order (1xx ones included)."""
+
+    def __init__(self) -> None:
+        self.done: list[Reply] = []
+        self.current = Reply()
+        self.body: list[bytes] = []
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        self.current, self.body = Reply(), []
+
+    def on_headers_complete(self) -> None:
+        self.current.status = self.parser.get_status_code()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.current.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.current.body = b"".join(self.body)
+        self.done.append(self.current)
+
+
+def replies_of(data: bytes) -> list[Reply]:
+    """Every complete response in `data`; fails on bytes that are not well-framed answers."""
+    replies = _Replies()
+    replies.parser.feed_data(data)
+    return replies.done
+
+
+async def read_replies(reader: asyncio.StreamReader, count: int) -> list[Reply]:
+    """`count` responses off one connection (fails if it ends before; the caller bounds
+    the wait)."""
+    replies = _Replies()
+    while len(replies.done) < count:
+        data = await reader.read(65536)
+        assert data, f"the connection ended after {len(replies.done)} of {count} answers"
+        replies.parser.feed_data(data)
+    return replies.done[:count]

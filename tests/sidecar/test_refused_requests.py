@@ -13,10 +13,9 @@ import json
 import uuid
 from typing import Any
 
-import httptools
 import pytest
 
-from tests.hostile.client import MODEL, Reply
+from tests.hostile.client import MODEL, Reply, read_replies
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,50 +63,14 @@ def request(
     return head + b"\r\n" + (body or b"")
 
 
-class _Replies:
-    """httptools callbacks: every response on the connection, in order (1xx ones included)."""
-
-    def __init__(self) -> None:
-        self.done: list[Reply] = []
-        self.current = Reply()
-        self.body: list[bytes] = []
-        self.parser = httptools.HttpResponseParser(self)
-
-    def on_message_begin(self) -> None:
-        self.current, self.body = Reply(), []
-
-    def on_headers_complete(self) -> None:
-        self.current.status = self.parser.get_status_code()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.current.headers.append((name, value))
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.current.body = b"".join(self.body)
-        self.done.append(self.current)
-
-
-async def read_replies(reader: asyncio.StreamReader, count: int) -> list[Reply]:
-    """`count` responses off one connection (fails if it ends or stalls before)."""
-    replies = _Replies()
-    async with asyncio.timeout(30):
-        while len(replies.done) < count:
-            data = await reader.read(65536)
-            assert data, f"the connection ended after {len(replies.done)} of {count} answers"
-            replies.parser.feed_data(data)
-    return replies.done[:count]
-
-
 async def exchange(url: str, data: bytes, replies: int = 1) -> list[Reply]:
     """Write `data` on one connection and read `replies` answers (1xx ones included)."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         writer.write(data)
-        return await read_replies(reader, replies)
+        async with asyncio.timeout(30):
+            return await read_replies(reader, replies)
     finally:
         writer.close()
 
@@ -392,7 +355,8 @@ async def test_a_client_gone_during_a_refused_request_leaves_one_record(
     host, port = sidecar.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(data)
-    [reply] = await read_replies(reader, 1)
+    async with asyncio.timeout(30):
+        [reply] = await read_replies(reader, 1)
     assert_openai_404(reply)
     writer.transport.abort()
     record = the_record(sidecar, request_id)

@@ -19,11 +19,10 @@ import struct
 import uuid
 from typing import Any
 
-import httptools
 import pytest
 
 from sidecar_audit.headers import IdentityProblem, read_identity
-from tests.hostile.client import MODEL, Reply
+from tests.hostile.client import MODEL, Reply, read_replies, replies_of
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -82,39 +81,6 @@ def request(
     return head + b"\r\n" + (body or b"")
 
 
-class _Replies:
-    """httptools callbacks: every response on the connection, in order (1xx ones included)."""
-
-    def __init__(self) -> None:
-        self.done: list[Reply] = []
-        self.current = Reply()
-        self.body: list[bytes] = []
-        self.parser = httptools.HttpResponseParser(self)
-
-    def on_message_begin(self) -> None:
-        self.current, self.body = Reply(), []
-
-    def on_headers_complete(self) -> None:
-        self.current.status = self.parser.get_status_code()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.current.headers.append((name, value))
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.current.body = b"".join(self.body)
-        self.done.append(self.current)
-
-
-def replies_of(data: bytes) -> list[Reply]:
-    """Every complete response in `data`; fails on bytes that are not well-framed answers."""
-    replies = _Replies()
-    replies.parser.feed_data(data)
-    return replies.done
-
-
 async def until_closed(url: str, data: bytes, *, then: bytes = b"") -> bytes:
     """Write `data` on one connection, and `then` once the first answer's head is in;
     everything the sidecar sends until it closes the connection (fails if it never does)."""
@@ -142,19 +108,14 @@ async def answers(url: str, data: bytes, count: int) -> list[Reply]:
     """Write `data` on one connection and read `count` answers (1xx ones included)."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    replies = _Replies()
     try:
         writer.write(data)
         async with asyncio.timeout(20):
-            while len(replies.done) < count:
-                chunk = await reader.read(65536)
-                assert chunk, f"the connection ended after {len(replies.done)} of {count} answers"
-                replies.parser.feed_data(chunk)
+            return await read_replies(reader, count)
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-    return replies.done
 
 
 def records(sidecar: Any, request_ids: list[str]) -> dict[str, dict[str, Any]]:
