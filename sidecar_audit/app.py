@@ -27,7 +27,7 @@ from .config import Config
 from .health import HealthLimits, UpstreamProbe, verdict
 from .identity import discover_identity
 from .metrics import AuditSnapshot, Metrics
-from .proxy import Finished, Proxy
+from .proxy import Finished, Proxy, closes_connection
 from .task_protection import TaskProtection, task_protection
 from .upstream import UpstreamPool
 
@@ -203,12 +203,7 @@ async def _no_unaudited_404(
     """A target no route matches (`CONNECT host:port`, `OPTIONS *`: not a path) goes to the
     proxy too, which refuses it like any other path, in the OpenAI shape and audited."""
     if request.match_info.http_exception is not None:
-        response = await _forward(request)
-        if request.method == "CONNECT":
-            # aiohttp reads what follows a CONNECT's head as the next request, whatever
-            # body the CONNECT declared: closing leaves nothing to answer unaudited.
-            response.force_close()
-        return response
+        return await _forward(request)  # its answer closes a CONNECT's connection
     return await handler(request)
 
 
@@ -234,10 +229,7 @@ async def _health(request: web.Request) -> web.Response:
         HealthLimits(config.health_max_spool_bytes, config.health_max_ship_lag),
     )
     response = web.json_response(body, status=status)
-    if hdrs.UPGRADE in request.headers:
-        # As the proxy's answers (proxy.Exchange.closes_connection): after a request asking
-        # to upgrade, aiohttp drops what came with it, so a request pipelined behind it
-        # would wait for the keep-alive timeout, never answered.
+    if closes_connection(request):
         response.force_close()
     return response
 

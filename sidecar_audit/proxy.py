@@ -133,11 +133,7 @@ class Exchange:
         # record keeps the target as sent, but for credentials in it.
         self.path = request.path or _without_userinfo(request.raw_path)
         self.query = request.query_string
-        # Nothing is ever upgraded (the upgrade headers are hop-by-hop), but aiohttp treats
-        # the connection as upgraded: it drops the rest of the read that carried the request
-        # (h2c, tcp) or holds it back (websocket), so a request pipelined behind it would
-        # wait for the keep-alive timeout, never answered. Its answer closes it.
-        self.closes_connection = hdrs.UPGRADE in request.headers
+        self.closes_connection = closes_connection(request)
         # The wire's bytes as text, one char per byte: forwarded to vLLM unchanged.
         self.headers_in = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
@@ -283,6 +279,19 @@ class Exchange:
             None,
             None,
         )
+
+
+def closes_connection(request: web.Request) -> bool:
+    """Whether the answer to `request` must end its connection, whoever answers it.
+
+    Nothing is ever tunnelled or upgraded here (the upgrade headers are hop-by-hop), but
+    aiohttp reads the bytes after a CONNECT's head as the next request whatever body the
+    CONNECT declared, and treats a connection whose request asked to upgrade as upgraded:
+    it drops the rest of the read that carried it (h2c, tcp) or holds it back (websocket).
+    Kept open, the connection would answer a body as a request, unaudited, or leave a
+    request pipelined behind an upgrade waiting for the keep-alive timeout.
+    """
+    return request.method == hdrs.METH_CONNECT or hdrs.UPGRADE in request.headers
 
 
 def _without_userinfo(authority: str) -> str:
