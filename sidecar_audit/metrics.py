@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -216,6 +217,17 @@ class _InferenceHistograms:
             rate.observe(timing.tokens_per_s)
 
 
+_Family = TypeVar("_Family", Counter, Histogram)
+
+
+def _child(children: dict[tuple[str, ...], _Family], family: _Family, *labels: str) -> _Family:
+    """`family.labels(*labels)`, built once per label values and kept in `children`."""
+    child = children.get(labels)
+    if child is None:
+        child = children[labels] = family.labels(*labels)
+    return child
+
+
 ERROR_OUTCOMES = frozenset({"upstream_error", "upstream_timeout", "sidecar_error"})
 
 
@@ -329,9 +341,9 @@ class Metrics:
         self.inference = _InferenceHistograms(r)
         # Labelled children, built once per label value (`labels()` costs more than the
         # observation itself, and this runs before every answer's last bytes).
-        self._request_counts: dict[tuple[str, int, str], Counter] = {}
-        self._latencies: dict[str, Histogram] = {}
-        self._ttfts: dict[str, Histogram] = {}
+        self._request_counts: dict[tuple[str, ...], Counter] = {}
+        self._latencies: dict[tuple[str, ...], Histogram] = {}
+        self._ttfts: dict[tuple[str, ...], Histogram] = {}
         self._prompt_tokens = self.tokens.labels("prompt")
         self._completion_tokens = self.tokens.labels("completion")
         self._reported = _Totals({}, 0.0, 0.0)
@@ -349,20 +361,10 @@ class Metrics:
         completion_tokens: int | None,
     ) -> None:
         label = path_label(path)
-        key = (label, status, outcome)
-        count = self._request_counts.get(key)
-        if count is None:
-            count = self._request_counts[key] = self.requests.labels(label, str(status), outcome)
-        count.inc()
-        latency = self._latencies.get(label)
-        if latency is None:
-            latency = self._latencies[label] = self.latency.labels(label)
-        latency.observe(latency_s)
-        if ttft_s is not None:
-            ttft = self._ttfts.get(label)
-            if ttft is None:  # created only when observed: no empty series per path
-                ttft = self._ttfts[label] = self.ttft.labels(label)
-            ttft.observe(ttft_s)
+        _child(self._request_counts, self.requests, label, str(status), outcome).inc()
+        _child(self._latencies, self.latency, label).observe(latency_s)
+        if ttft_s is not None:  # a child only once observed: no empty series per path
+            _child(self._ttfts, self.ttft, label).observe(ttft_s)
         if overhead_s is not None:
             self.overhead.observe(overhead_s)
         if prompt_tokens:
